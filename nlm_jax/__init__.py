@@ -1,0 +1,1 @@
+"""nlm_jax: pre-training of nucleotide language models in JAX/Flax."""

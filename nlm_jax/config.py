@@ -1,0 +1,249 @@
+"""The pre-training configuration: absl flags in, one frozen, validated Config out.
+
+Flags end here: library code receives a `Config` and never reads `FLAGS`.
+This module imports no JAX, so a bad flag is reported in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from absl import flags
+
+ENCODINGS = ("conv", "bpe", "kmer", "nuc")
+TOKEN_ENCODINGS = ("bpe", "kmer", "nuc")
+PRECISIONS = ("fp32",)
+
+
+class UserError(Exception):
+  """Bad input from the user: reported as one line, without a traceback."""
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines every flag of the pre-training contract (pretrain-cli.md) on `fv`."""
+  d = dict(flag_values=fv)
+  flags.DEFINE_string("exp_prefix", "MLM", "Added prefix to model/experiment name.", **d)
+  flags.DEFINE_enum("encoding_method", "conv", ENCODINGS, "Sequence encoding method.", **d)
+  flags.DEFINE_integer("epochs", 500, "Number of epochs to pre-train for.", **d)
+  flags.DEFINE_integer("n_samples_per_epoch", 10000, "Number of training samples per epoch.", **d)
+  flags.DEFINE_integer("batch_size", 8, "Number of samples per optimization step (global, over all devices).", **d)
+  flags.DEFINE_integer(
+      "warmup_steps", 8,
+      "Number of optimization steps in which learning rate increases linearly. After this "
+      "amount of steps, the learning rate decreases proportional to the inverse square root "
+      "of the step number.", **d)
+  flags.DEFINE_integer("d_model", 768, "BERT embedding dimensionality.", **d)
+  flags.DEFINE_integer("N", 12, "Number of BERT transformer blocks.", **d)
+  flags.DEFINE_integer("d_ff", None, "Number of nodes in BERT FFN sublayers (default 4*d_model).", **d)
+  flags.DEFINE_integer("h", None, "Number of BERT self-attention heads (default d_model/64, at least 1).", **d)
+  flags.DEFINE_float("dropout", 0.0, "Dropout probability in MLM output head.", **d)
+  flags.DEFINE_integer("n_kernels", 768, "Number of kernels when convolutional sequence encoding is used.", **d)
+  flags.DEFINE_integer("kernel_size", 10, "Kernel size when convolutional sequence encoding is used.", **d)
+  flags.DEFINE_string("bpe_file", "", "Filepath to BPE model generated with the BPE script. Required when Byte Pair Encoding is used.", **d)
+  flags.DEFINE_integer("k", 6, "Specifies k when k-mer encoding is used.", **d)
+  flags.DEFINE_float("p_mlm", 0.15, "Selection probability per token/nucleotide in MLM.", **d)
+  flags.DEFINE_float("p_mask", 0.8, "Mask probability for a selected token/nucleotide.", **d)
+  flags.DEFINE_float("p_random", 0.1, "Random replacement probability for a selected token/nucleotide.", **d)
+  flags.DEFINE_integer(
+      "context_length", 768,
+      "Number of input positions, CLS included. For conv encoding this means "
+      "(context_length-1)*kernel_size input nucleotides, for k-mers (context_length-1)*k.", **d)
+  flags.DEFINE_string("data_dir", "", "Parent directory of the FASTA and BPE paths (empty: paths as given).", **d)
+  flags.DEFINE_string("results_dir", "", "Parent directory of the results folder (empty: the working directory).", **d)
+  flags.DEFINE_string(
+      "model_dir", None,
+      "Directory where to save the pre-trained model; the checkpoint with the highest "
+      "validation accuracy is kept (default <data_dir>/models).", **d)
+  flags.DEFINE_integer("mask_size", 1, "Number of contiguous nucleotides that make up a mask.", **d)
+  flags.DEFINE_boolean("no_random_reading_frame", False, "Turns off sampling in a random reading frame for conv encoding.", **d)
+  flags.DEFINE_boolean(
+      "input_linear", None,
+      "Forces a linear projection of kernels onto d_model dimensions in conv encoding "
+      "(default: only when n_kernels != d_model).", **d)
+  flags.DEFINE_boolean("no_input_relu", False, "Turns off the ReLU activation of kernels in conv encoding.", **d)
+  flags.DEFINE_boolean(
+      "no_output_linear", False,
+      "Removes the linear projection of embeddings onto n_kernels dimensions before the "
+      "masked-convolution output layer.", **d)
+  flags.DEFINE_boolean("output_relu", False, "Adds a ReLU activation of embeddings before the masked-convolution output layer.", **d)
+  flags.DEFINE_integer("seed", 0, "Seed of every random draw (data order, windows, masks, initialisation, dropout).", **d)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Everything a run needs; built once by `from_flags` (or directly in tests)."""
+
+  fasta_train: str
+  fasta_valid: str
+  exp_prefix: str = "MLM"
+  encoding_method: str = "conv"
+  epochs: int = 500
+  n_samples_per_epoch: int = 10000
+  batch_size: int = 8
+  warmup_steps: int = 8
+  d_model: int = 768
+  N: int = 12
+  d_ff: int | None = None
+  h: int | None = None
+  dropout: float = 0.0
+  n_kernels: int = 768
+  kernel_size: int = 10
+  bpe_file: str = ""
+  k: int = 6
+  p_mlm: float = 0.15
+  p_mask: float = 0.8
+  p_random: float = 0.1
+  context_length: int = 768
+  data_dir: str = ""
+  results_dir: str = ""
+  model_dir: str | None = None
+  mask_size: int = 1
+  no_random_reading_frame: bool = False
+  input_linear: bool | None = None
+  no_input_relu: bool = False
+  no_output_linear: bool = False
+  output_relu: bool = False
+  seed: int = 0
+  # Not flags of the contract: fixed by lncRNA-Py, kept visible here.
+  encoder_dropout: float = 0.1  # inside the encoder (the original's BERT default)
+  n_eval: int = 2500  # sequences in each evaluation subset
+  valid_seed: int = 42  # picks the validation subset, as in the original
+
+  # Derived values. Properties, so they can never disagree with the fields.
+  @property
+  def ff_dim(self) -> int:
+    return self.d_ff if self.d_ff is not None else 4 * self.d_model
+
+  @property
+  def n_heads(self) -> int:
+    return self.h if self.h is not None else max(1, self.d_model // 64)
+
+  @property
+  def use_input_linear(self) -> bool:
+    if self.input_linear is None:
+      return self.d_model != self.n_kernels
+    return self.input_linear
+
+  @property
+  def n_nucleotides(self) -> int:
+    """Nucleotides in one conv input window: (context_length - 1) * kernel_size."""
+    return (self.context_length - 1) * self.kernel_size
+
+  @property
+  def train_path(self) -> str:
+    return _under(self.data_dir, self.fasta_train)
+
+  @property
+  def valid_path(self) -> str:
+    return _under(self.data_dir, self.fasta_valid)
+
+  @property
+  def model_root(self) -> str:
+    if self.model_dir is not None:
+      return self.model_dir
+    return os.path.join(self.data_dir, "models") if self.data_dir else "models"
+
+  @property
+  def exp_name(self) -> str:
+    """The experiment name of lncRNA-Py (original-behaviour.md 2.3)."""
+    name = f"{self.exp_prefix}_{self.encoding_method}"
+    if self.encoding_method == "kmer":
+      name += f"_k{self.k}"
+    elif self.encoding_method == "conv":
+      name += f"_nm{self.n_kernels}_sm{self.kernel_size}"
+    name += f"_dm{self.d_model}_N{self.N}"
+    if self.d_ff is not None:
+      name += f"_dff{self.d_ff}"
+    if self.h is not None:
+      name += f"_h{self.h}"
+    # `:g` prints 0 and 0.0 alike ("d0"), unlike the original.
+    name += f"_bs{self.batch_size}_ws{self.warmup_steps}_cl{self.context_length}_d{self.dropout:g}"
+    if self.mask_size != 1:
+      name += f"_ms{self.mask_size}"
+    if self.encoding_method == "conv":  # The original also adds these for token methods.
+      for on, suffix in ((self.no_random_reading_frame, "--no_rrf"),
+                         (self.input_linear is True, "--in_lin"),
+                         (self.no_input_relu, "--no_in_relu"),
+                         (self.no_output_linear, "--no_out_lin"),
+                         (self.output_relu, "--out_relu")):
+        if on:
+          name += suffix
+    return name
+
+  @property
+  def results_path(self) -> str:
+    return os.path.join(self.results_dir, self.exp_name) if self.results_dir else self.exp_name
+
+  @property
+  def checkpoint_path(self) -> str:
+    return os.path.join(self.model_root, self.exp_name)
+
+  def validate(self) -> "Config":
+    """Raises UserError naming the first problem and its fix; returns self."""
+    positive = ("epochs", "n_samples_per_epoch", "batch_size", "d_model", "N", "n_kernels",
+                "kernel_size", "k", "mask_size", "n_eval")
+    for name in positive:
+      if getattr(self, name) < 1:
+        raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}.")
+    if self.warmup_steps < 0:
+      raise UserError(f"--warmup_steps must be 0 or more, got {self.warmup_steps}.")
+    for name in ("d_ff", "h"):
+      if getattr(self, name) is not None and getattr(self, name) < 1:
+        raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}.")
+    if self.context_length < 2:
+      raise UserError(f"--context_length must be at least 2 (CLS plus one position), got {self.context_length}.")
+    if self.d_model % self.n_heads:
+      raise UserError(f"--d_model {self.d_model} is not divisible by the {self.n_heads} attention heads: "
+                      "choose --h that divides --d_model.")
+    for name in ("p_mlm", "p_mask", "p_random", "dropout", "encoder_dropout"):
+      value = getattr(self, name)
+      if not 0.0 <= value <= 1.0:
+        raise UserError(f"--{name} must lie in [0, 1], got {value}.")
+    if self.dropout >= 1.0:
+      raise UserError("--dropout must be below 1 (1 would drop every activation).")
+    if self.p_mlm == 0.0:
+      raise UserError("--p_mlm must be above 0: with nothing selected there is nothing to learn.")
+    if self.p_mask + self.p_random > 1.0 + 1e-9:
+      raise UserError(f"--p_mask + --p_random must be at most 1, got {self.p_mask} + {self.p_random}.")
+    if self.encoding_method == "conv":
+      if self.input_linear is False and self.d_model != self.n_kernels:
+        raise UserError(f"--noinput_linear needs --n_kernels equal to --d_model ({self.n_kernels} != "
+                        f"{self.d_model}): drop --noinput_linear or set --n_kernels {self.d_model}.")
+      if self.mask_size > self.n_nucleotides:
+        raise UserError(f"--mask_size {self.mask_size} exceeds the {self.n_nucleotides} nucleotides of "
+                        "a window: lower it.")
+      if int(self.p_mlm / self.mask_size * self.n_nucleotides) < 1:
+        raise UserError(f"--p_mlm {self.p_mlm} selects no span in a window of {self.n_nucleotides} "
+                        "nucleotides: raise --p_mlm or --context_length, or lower --mask_size.")
+    else:
+      raise UserError(f"--encoding_method {self.encoding_method} is not implemented yet: "
+                      "use --encoding_method conv.")
+    if not self.exp_prefix or os.sep in self.exp_prefix:
+      raise UserError(f"--exp_prefix must be a non-empty name without '{os.sep}', got {self.exp_prefix!r}.")
+    return self
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_json(cls, text: str) -> "Config":
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in json.loads(text).items() if k in fields})
+
+
+def _under(data_dir: str, path: str) -> str:
+  return os.path.join(data_dir, path) if data_dir else path
+
+
+def from_flags(fv: flags.FlagValues, positional: list[str]) -> Config:
+  """Builds and validates the Config from parsed flags and the positional FASTA paths."""
+  if len(positional) != 2:
+    raise UserError(f"expected two FASTA paths (fasta_train fasta_valid), got {len(positional)}: "
+                    f"{' '.join(positional) or 'none'}. Usage: python -m nlm_jax.pretrain TRAIN.fasta "
+                    "VALID.fasta [--flagfile=launch/conv.flags]")
+  names = [f.name for f in dataclasses.fields(Config)]
+  values: dict[str, Any] = {n: fv[n].value for n in names if n in fv}
+  return Config(fasta_train=positional[0], fasta_valid=positional[1], **values).validate()

@@ -1,0 +1,50 @@
+"""history.csv and the loss and accuracy plots, rewritten after every epoch."""
+
+from __future__ import annotations
+
+import os
+
+COLUMNS = ("Loss|train", "Accuracy|train", "Loss|valid", "Accuracy|valid")
+
+
+def _replace(path: str, write) -> None:
+  """Writes through a temporary file, so a kill never leaves a half-written file."""
+  tmp = f"{path}.tmp"
+  write(tmp)
+  os.replace(tmp, path)
+
+
+def write_csv(path: str, rows: list[dict[str, float]]) -> None:
+  """lncRNA-Py's format: an unnamed 0-based index column, then COLUMNS as %.6f."""
+  def write(tmp):
+    with open(tmp, "w") as f:
+      f.write("," + ",".join(COLUMNS) + "\n")
+      for i, row in enumerate(rows):
+        f.write(f"{i}," + ",".join(f"{row[c]:.6f}" for c in COLUMNS) + "\n")
+  _replace(path, write)
+
+
+def read_csv(path: str) -> list[dict[str, float]]:
+  with open(path) as f:
+    header = f.readline().rstrip("\n").split(",")[1:]
+    return [dict(zip(header, map(float, line.rstrip("\n").split(",")[1:]))) for line in f]
+
+
+def plot(folder: str, rows: list[dict[str, float]]) -> None:
+  """loss.png and accuracy.png: training and validation curves over epochs 1..E."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  epochs = range(1, len(rows) + 1)
+  for metric in ("Loss", "Accuracy"):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for split, label in (("train", "Training"), ("valid", "Validation")):
+      ax.plot(epochs, [r[f"{metric}|{split}"] for r in rows], marker=".", label=label)
+    ax.set_xlabel("Epoch")
+    ax.set_ylabel(metric)
+    fig.legend()
+    fig.tight_layout()
+    _replace(os.path.join(folder, f"{metric.lower()}.png"),
+             lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)

@@ -1,0 +1,173 @@
+"""The models in Flax Linen: the conv stem, a pre-LayerNorm BERT encoder and the
+masked-convolution head (original-behaviour.md section 7).
+
+Array suffixes: B batch, N nucleotides, L positions (CLS included), L1 positions
+without CLS, D d_model, K n_kernels, H heads, E head width, F d_ff.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nlm_jax.config import Config
+
+# One-hot rows of the nucleotide codes of fasta.py: A C G T, N (also a masked
+# nucleotide) = 1/4 each, PAD = 0.
+ONE_HOT = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1],
+                    [.25, .25, .25, .25], [0, 0, 0, 0]], dtype=np.float32)
+PAD_CODE = 5
+
+# Initialisers of lncRNA-Py (original 7.4): Glorot-uniform matrices inside the base,
+# PyTorch's default uniform(+-1/sqrt(fan_in)) for biases and for the head.
+xavier = nn.initializers.xavier_uniform()
+
+
+def uniform(bound: float) -> nn.initializers.Initializer:
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def torch_dense(features: int, fan_in: int, name: str | None = None, glorot: bool = True,
+                use_bias: bool = True) -> nn.Dense:
+  bound = 1 / math.sqrt(fan_in)
+  return nn.Dense(features, kernel_init=xavier if glorot else uniform(bound),
+                  bias_init=uniform(bound), use_bias=use_bias, name=name)
+
+
+def sinusoidal(length: int, d: int) -> np.ndarray:
+  """PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(p / 10000^(2i/d))."""
+  pos = np.arange(length, dtype=np.float64)[:, None]
+  freq = np.exp(-math.log(10000.0) * np.arange(0, d, 2) / d)
+  pe = np.zeros((length, d), dtype=np.float64)
+  pe[:, 0::2] = np.sin(pos * freq)
+  pe[:, 1::2] = np.cos(pos * freq)[:, :d // 2]
+  return pe.astype(np.float32)
+
+
+class EncoderBlock(nn.Module):
+  cfg: Config
+
+  @nn.compact
+  def __call__(self, x_BxLxD: jax.Array, mask_BxL: jax.Array, train: bool) -> jax.Array:
+    cfg = self.cfg
+    d, h = cfg.d_model, cfg.n_heads
+    drop = nn.Dropout(cfg.encoder_dropout, deterministic=not train)
+    y = nn.LayerNorm(epsilon=1e-5)(x_BxLxD)
+    q, k, v = (torch_dense(d, d, name=n)(y).reshape(*y.shape[:2], h, d // h) for n in "qkv")
+    # The padding mask concerns keys only. No dropout on attention probabilities (the
+    # original has 0.1 there): fused attention kernels have none.
+    y_BxLxHxE = jax.nn.dot_product_attention(q, k, v, mask=mask_BxL[:, None, None, :])
+    y = torch_dense(d, d, name="o")(y_BxLxHxE.reshape(y.shape))
+    x_BxLxD = x_BxLxD + drop(y)
+    y = nn.LayerNorm(epsilon=1e-5)(x_BxLxD)
+    y_BxLxF = nn.relu(torch_dense(cfg.ff_dim, d, name="ff_in")(y))
+    y = torch_dense(d, cfg.ff_dim, name="ff_out")(drop(y_BxLxF))
+    return x_BxLxD + drop(y)
+
+
+class Encoder(nn.Module):
+  """sqrt(d)-scaled inputs + sinusoidal positions -> N pre-LN blocks -> LayerNorm."""
+  cfg: Config
+
+  @nn.compact
+  def __call__(self, x_BxLxD: jax.Array, mask_BxL: jax.Array, train: bool) -> jax.Array:
+    cfg = self.cfg
+    x_BxLxD = x_BxLxD * math.sqrt(cfg.d_model) + sinusoidal(x_BxLxD.shape[1], cfg.d_model)
+    x_BxLxD = nn.Dropout(cfg.encoder_dropout, deterministic=not train)(x_BxLxD)
+    for i in range(cfg.N):
+      x_BxLxD = EncoderBlock(cfg, name=f"block_{i}")(x_BxLxD, mask_BxL, train)
+    return nn.LayerNorm(epsilon=1e-5, name="final_norm")(x_BxLxD)
+
+
+class ConvStem(nn.Module):
+  """Stride = kernel = kernel_size convolution over one-hot nucleotides, a learned
+  CLS vector in front. Returns the embeddings and the attention (key) mask."""
+  cfg: Config
+
+  @nn.compact
+  def __call__(self, codes_BxN: jax.Array) -> tuple[jax.Array, jax.Array]:
+    cfg = self.cfg
+    ks, nk, d = cfg.kernel_size, cfg.n_kernels, cfg.d_model
+    b, n = codes_BxN.shape
+    n_pos = n // ks
+    x_BxNx4 = jnp.asarray(ONE_HOT)[codes_BxN[:, :n_pos * ks]]
+    # Each window of ks nucleotides x 4 channels is one input vector of the conv.
+    x = x_BxNx4.reshape(b, n_pos, ks * 4)
+    conv_bound = math.sqrt(6 / (4 * ks + nk * ks))  # Glorot with PyTorch's conv fans
+    x_BxL1xK = nn.Dense(nk, kernel_init=uniform(conv_bound),
+                        bias_init=uniform(1 / math.sqrt(4 * ks)), name="conv")(x)
+    if not cfg.no_input_relu:
+      x_BxL1xK = nn.relu(x_BxL1xK)
+    x_BxL1xD = torch_dense(d, nk, name="input_linear")(x_BxL1xK) if cfg.use_input_linear else x_BxL1xK
+    cls = self.param("cls", uniform(math.sqrt(3 / d)), (1, 1, d))
+    x_BxLxD = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, d)), x_BxL1xD], axis=1)
+    # CLS and every window holding a nucleotide attend; a partial last window too
+    # (the original masks it, so sequences shorter than a kernel saw only CLS).
+    n_real_B = jnp.sum(codes_BxN != PAD_CODE, axis=1)
+    n_windows_B = -(-n_real_B // ks)
+    mask_BxL = jnp.arange(n_pos + 1)[None, :] <= n_windows_B[:, None]
+    return x_BxLxD, mask_BxL
+
+
+class ConvHead(nn.Module):
+  """Masked-convolution head: drop CLS, dropout, optional linear to n_kernels,
+  optional ReLU, then the kernel_size-stride transposed conv to 4 logits per
+  nucleotide (written as a dense layer; its bias is shared by the ks positions)."""
+  cfg: Config
+
+  @nn.compact
+  def __call__(self, y_BxLxD: jax.Array, train: bool) -> jax.Array:
+    cfg = self.cfg
+    ks = cfg.kernel_size
+    y = nn.Dropout(cfg.dropout, deterministic=not train)(y_BxLxD[:, 1:])
+    if not cfg.no_output_linear:
+      y = torch_dense(cfg.n_kernels, cfg.d_model, name="output_linear", glorot=False)(y)
+    if cfg.output_relu:
+      y = nn.relu(y)
+    # Input width: n_kernels after the output linear, d_model without it (lncRNA-Py
+    # swaps the two, which only works when they are equal).
+    bound = 1 / math.sqrt(4 * ks)
+    y = nn.Dense(ks * 4, use_bias=False, kernel_init=uniform(bound), name="deconv")(y)
+    bias = self.param("deconv_bias", uniform(bound), (4,))
+    b, l1 = y.shape[:2]
+    return y.reshape(b, l1 * ks, 4) + bias
+
+
+class ConvBERT(nn.Module):
+  """Nucleotide codes (B, N) -> logits (B, N', 4), N' = (N // ks) * ks."""
+  cfg: Config
+
+  def setup(self):
+    self.stem = ConvStem(self.cfg)
+    self.encoder = Encoder(self.cfg)
+    self.head = ConvHead(self.cfg)
+
+  def embed(self, codes_BxN: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+    """Encoder output (B, L, D) and its attention mask (B, L)."""
+    x_BxLxD, mask_BxL = self.stem(codes_BxN)
+    return self.encoder(x_BxLxD, mask_BxL, train), mask_BxL
+
+  def __call__(self, codes_BxN: jax.Array, train: bool = False) -> jax.Array:
+    y_BxLxD, _ = self.embed(codes_BxN, train)
+    return self.head(y_BxLxD, train)
+
+
+def build(cfg: Config) -> nn.Module:
+  return ConvBERT(cfg)
+
+
+def mlm_loss(logits_BxNxV: jax.Array, targets_BxN: jax.Array) -> dict[str, jax.Array]:
+  """Sums over the selected positions (target >= 0): cross-entropy, correct
+  predictions and the count, in float32; means are taken by the caller."""
+  n = logits_BxNxV.shape[1]
+  targets_BxN = targets_BxN[:, :n].astype(jnp.int32)
+  weight_BxN = (targets_BxN >= 0).astype(jnp.float32)
+  logp = jax.nn.log_softmax(logits_BxNxV.astype(jnp.float32))
+  ce_BxN = -jnp.take_along_axis(logp, jnp.maximum(targets_BxN, 0)[..., None], axis=-1)[..., 0]
+  correct_BxN = (jnp.argmax(logp, axis=-1) == targets_BxN).astype(jnp.float32)
+  return {"loss_sum": jnp.sum(ce_BxN * weight_BxN), "correct": jnp.sum(correct_BxN * weight_BxN),
+          "count": jnp.sum(weight_BxN)}

@@ -1,0 +1,29 @@
+"""The optimizer of lncRNA-Py: global-norm clipping at 1.0, Adam(0.9, 0.98) and the
+warmup-rsqrt ("Noam") learning-rate schedule, without its off-by-one."""
+
+from __future__ import annotations
+
+import optax
+
+
+def lr_schedule(d_model: int, warmup_steps: int) -> optax.Schedule:
+  """lr(s) = d_model^-0.5 * min(s^-0.5, s * warmup^-1.5) for update s = count + 1.
+
+  optax counts completed updates from 0, so update s = 1, 2, ... uses lr(s).
+  """
+  scale = d_model ** -0.5
+  rsqrt = lambda count: scale * (count + 1.0) ** -0.5
+  if warmup_steps == 0:
+    return rsqrt
+  peak = scale * warmup_steps ** -0.5
+  warmup = optax.linear_schedule(peak / warmup_steps, peak * (warmup_steps + 1) / warmup_steps,
+                                 warmup_steps)
+  # join_schedules hands the second schedule count - warmup_steps.
+  decay = lambda count: rsqrt(count + warmup_steps)
+  return optax.join_schedules([warmup, decay], [warmup_steps])
+
+
+def make_optimizer(d_model: int, warmup_steps: int) -> optax.GradientTransformation:
+  return optax.chain(
+      optax.clip_by_global_norm(1.0),
+      optax.adam(lr_schedule(d_model, warmup_steps), b1=0.9, b2=0.98, eps=1e-8))

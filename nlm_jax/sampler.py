@@ -1,0 +1,174 @@
+"""Host-side batches in NumPy: epoch sampling, windows, reading frames and masking.
+
+Every draw comes from a generator seeded by (seed, epoch, step, host), so a batch is a
+pure function of where it falls in the run. Batches are dicts of small integer
+arrays; one-hot encoding happens on the device.
+
+Array suffixes: B batch rows, N nucleotides (window positions).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+import numpy as np
+
+from nlm_jax import fasta as fasta_lib
+from nlm_jax.config import Config
+
+IGNORE = -1  # target of a position that is not an MLM target
+
+Batch = dict[str, np.ndarray]
+
+
+def rng_for(*key: int) -> np.random.Generator:
+  return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
+
+
+def epoch_order(n_train: int, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+  """Indices of one epoch, as lncRNA-Py's RandomSampler draws them (original 4.3).
+
+  Whole permutations of the training set, then the head of one more.
+  """
+  reps, rest = divmod(n_samples, n_train)
+  parts = [rng.permutation(n_train) for _ in range(reps)]
+  parts.append(rng.permutation(n_train)[:rest])
+  return np.concatenate(parts)
+
+
+def windows(lengths: np.ndarray, n_out: int, rng: np.random.Generator | None,
+            kernel_size: int, random_frame: bool) -> tuple[np.ndarray, np.ndarray]:
+  """(start, stop) in each sequence of the window that fills at most n_out positions.
+
+  With rng=None (evaluation) the window is the 5' start of the sequence. In training
+  (an rng) a longer sequence gets a window at a random place, so the whole transcript
+  is seen over time; a shorter one is shifted by 0..kernel_size-1 nucleotides when
+  random_frame is on, never by the whole sequence. Without random_frame windows start
+  only at multiples of kernel_size, keeping the reading frame of the 5' end.
+  """
+  lengths = np.asarray(lengths, dtype=np.int64)
+  if rng is None:
+    start = np.zeros_like(lengths)
+  else:
+    excess = lengths - n_out
+    step = 1 if random_frame else kernel_size
+    long_start = step * rng.integers(0, np.maximum(excess, 0) // step + 1)
+    max_shift = np.minimum(kernel_size - 1, lengths - 1) if random_frame else np.zeros_like(lengths)
+    short_start = rng.integers(0, max_shift + 1)
+    start = np.where(excess > 0, long_start, short_start)
+  return start, np.minimum(start + n_out, lengths)
+
+
+def read_windows(fa: fasta_lib.Fasta, indices: np.ndarray, n_out: int,
+                 rng: np.random.Generator | None, kernel_size: int,
+                 random_frame: bool) -> np.ndarray:
+  """uint8 codes (B, n_out) of the sequences' windows, PAD after each sequence's end."""
+  start, stop = windows(fa.lengths[indices], n_out, rng, kernel_size, random_frame)
+  codes_BxN = np.full((len(indices), n_out), fasta_lib.PAD, dtype=np.uint8)
+  for row, (i, a, b) in enumerate(zip(indices, start, stop)):
+    codes_BxN[row, :b - a] = fa.codes(int(i), int(a), int(b))
+  return codes_BxN
+
+
+def span_indices(rng: np.random.Generator, n_rows: int, n: int, p_mlm: float, p_mask: float,
+                 p_random: float, mask_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Masked, random and kept position indices of each row (original 8.2, steps 1-5).
+
+  A fixed number of span starts per row, n_sel = int(p_mlm / mask_size * n), drawn
+  without replacement in random order; each start becomes a span of mask_size
+  positions (clamped at the end); the first int(p_mask * n_sel) spans are masked, the
+  next int(p_random * n_sel) random, the rest kept.
+  """
+  n_sel = int(p_mlm / mask_size * n)
+  starts = np.argsort(rng.random((n_rows, n)), axis=1)[:, :n_sel]
+  idx = np.minimum(starts[:, :, None] + np.arange(mask_size), n - 1).reshape(n_rows, -1)
+  n_mask = int(p_mask * n_sel) * mask_size
+  n_rand = int(p_random * n_sel) * mask_size
+  return idx[:, :n_mask], idx[:, n_mask:n_mask + n_rand], idx[:, n_mask + n_rand:]
+
+
+def mask_conv(codes_BxN: np.ndarray, rng: np.random.Generator, cfg: Config) -> Batch:
+  """Masked-convolution-modelling inputs and targets for a batch of windows.
+
+  Only A, C, G and T are ever targets (never N or padding). Random positions get a
+  uniformly random nucleotide; masked positions become N, i.e. (1/4, 1/4, 1/4, 1/4)
+  in the one-hot input, overriding random where spans overlap.
+  """
+  n_rows, n = codes_BxN.shape
+  masked, random, kept = span_indices(rng, n_rows, n, cfg.p_mlm, cfg.p_mask, cfg.p_random,
+                                      cfg.mask_size)
+  rows = np.arange(n_rows)[:, None]
+  is_target_BxN = codes_BxN < fasta_lib.N
+  selected_BxN = np.zeros((n_rows, n), dtype=bool)
+  for idx in (masked, random, kept):
+    selected_BxN[rows, idx] = True
+  inputs_BxN = codes_BxN.copy()
+  random_BxN = np.zeros((n_rows, n), dtype=bool)
+  random_BxN[rows, random] = True
+  random_BxN &= is_target_BxN
+  inputs_BxN[random_BxN] = rng.integers(0, 4, size=int(random_BxN.sum()), dtype=np.uint8)
+  masked_BxN = np.zeros((n_rows, n), dtype=bool)
+  masked_BxN[rows, masked] = True
+  inputs_BxN[masked_BxN & is_target_BxN] = fasta_lib.N
+  targets_BxN = np.where(selected_BxN & is_target_BxN, codes_BxN, IGNORE).astype(np.int8)
+  return {"inputs": inputs_BxN, "targets": targets_BxN}
+
+
+def empty_rows(n_rows: int, n: int) -> Batch:
+  """Rows that are all padding and hold no target: they fill a short last batch."""
+  return {"inputs": np.full((n_rows, n), fasta_lib.PAD, dtype=np.uint8),
+          "targets": np.full((n_rows, n), IGNORE, dtype=np.int8)}
+
+
+def concat(batches: list[Batch]) -> Batch:
+  return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+
+@dataclasses.dataclass
+class TrainSampler:
+  """Yields this host's share of every training batch of an epoch."""
+
+  fa: fasta_lib.Fasta
+  cfg: Config
+  process_index: int = 0
+  process_count: int = 1
+  _order: tuple[int, np.ndarray] | None = dataclasses.field(default=None, repr=False)
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return -(-self.cfg.n_samples_per_epoch // self.cfg.batch_size)
+
+  def batch(self, epoch: int, step: int) -> Batch:
+    """This host's rows of batch `step` (0-based) of `epoch` (0-based)."""
+    cfg = self.cfg
+    if self._order is None or self._order[0] != epoch:  # one permutation per epoch, not per step
+      self._order = (epoch, epoch_order(len(self.fa), cfg.n_samples_per_epoch, rng_for(cfg.seed, epoch)))
+    order = self._order[1]
+    local = cfg.batch_size // self.process_count
+    first = step * cfg.batch_size + self.process_index * local
+    indices = order[first:first + local]
+    rng = rng_for(cfg.seed, epoch, step, self.process_index)
+    codes = read_windows(self.fa, indices, cfg.n_nucleotides, rng, cfg.kernel_size,
+                         not cfg.no_random_reading_frame)
+    batch = mask_conv(codes, rng, cfg)
+    if len(indices) < local:
+      batch = concat([batch, empty_rows(local - len(indices), cfg.n_nucleotides)])
+    return batch
+
+  def epoch(self, epoch: int, first_step: int = 0) -> Iterator[Batch]:
+    for step in range(first_step, self.steps_per_epoch):
+      yield self.batch(epoch, step)
+
+
+def eval_set(fa: fasta_lib.Fasta, indices: np.ndarray, cfg: Config, seed: int) -> Batch:
+  """Fixed windows (the 5' start) and masks drawn once from `seed`: the figures
+  computed on this set move only when the model does."""
+  codes = read_windows(fa, indices, cfg.n_nucleotides, None, cfg.kernel_size, False)
+  return mask_conv(codes, rng_for(seed), cfg)
+
+
+def eval_indices(n: int, n_eval: int, seed: int) -> np.ndarray:
+  """The evaluation subset: RandomState(seed).permutation(n)[:n_eval], as lncRNA-Py picks
+  its validation subset (all records, in that order, when there are fewer)."""
+  return np.random.RandomState(seed).permutation(n)[:n_eval]
