@@ -71,6 +71,12 @@ def read_windows(fa: fasta_lib.Fasta, indices: np.ndarray, n_out: int,
   return codes_BxN
 
 
+def expand_spans(starts: np.ndarray, mask_size: int, n: int) -> np.ndarray:
+  """Each start i becomes i, i+1, ..., i+mask_size-1, clamped to n-1, span after span."""
+  spans = np.minimum(starts[..., None] + np.arange(mask_size), n - 1)
+  return spans.reshape(*starts.shape[:-1], -1)
+
+
 def span_indices(rng: np.random.Generator, n_rows: int, n: int, p_mlm: float, p_mask: float,
                  p_random: float, mask_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Masked, random and kept position indices of each row (original 8.2, steps 1-5).
@@ -82,7 +88,7 @@ def span_indices(rng: np.random.Generator, n_rows: int, n: int, p_mlm: float, p_
   """
   n_sel = int(p_mlm / mask_size * n)
   starts = np.argsort(rng.random((n_rows, n)), axis=1)[:, :n_sel]
-  idx = np.minimum(starts[:, :, None] + np.arange(mask_size), n - 1).reshape(n_rows, -1)
+  idx = expand_spans(starts, mask_size, n)
   n_mask = int(p_mask * n_sel) * mask_size
   n_rand = int(p_random * n_sel) * mask_size
   return idx[:, :n_mask], idx[:, n_mask:n_mask + n_rand], idx[:, n_mask + n_rand:]
@@ -139,19 +145,25 @@ class TrainSampler:
   def steps_per_epoch(self) -> int:
     return -(-self.cfg.n_samples_per_epoch // self.cfg.batch_size)
 
-  def batch(self, epoch: int, step: int) -> Batch:
-    """This host's rows of batch `step` (0-based) of `epoch` (0-based)."""
+  def indices(self, epoch: int, step: int) -> np.ndarray:
+    """This host's sequence indices of batch `step` (0-based) of `epoch` (0-based)."""
     cfg = self.cfg
     if self._order is None or self._order[0] != epoch:  # one permutation per epoch, not per step
       self._order = (epoch, epoch_order(len(self.fa), cfg.n_samples_per_epoch, rng_for(cfg.seed, epoch)))
-    order = self._order[1]
     local = cfg.batch_size // self.process_count
     first = step * cfg.batch_size + self.process_index * local
-    indices = order[first:first + local]
+    return self._order[1][first:first + local]
+
+  def batch(self, epoch: int, step: int) -> Batch:
+    """This host's rows of batch `step` of `epoch`: a short last batch is filled with
+    rows without targets, so every batch has the same shape."""
+    cfg = self.cfg
+    indices = self.indices(epoch, step)
     rng = rng_for(cfg.seed, epoch, step, self.process_index)
     codes = read_windows(self.fa, indices, cfg.n_nucleotides, rng, cfg.kernel_size,
                          not cfg.no_random_reading_frame)
     batch = mask_conv(codes, rng, cfg)
+    local = cfg.batch_size // self.process_count
     if len(indices) < local:
       batch = concat([batch, empty_rows(local - len(indices), cfg.n_nucleotides)])
     return batch

@@ -1,0 +1,125 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nlm_jax import fasta as fasta_lib
+from nlm_jax import model as model_lib
+from nlm_jax import train
+from nlm_jax.config import Config
+
+
+def n_params(cfg):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(train.abstract_params(cfg)))
+
+
+# original-behaviour.md 7.5 / 15.4 (counted without instantiating: jax.eval_shape).
+@pytest.mark.parametrize("kw, expected", [
+    (dict(kernel_size=9), 85_703_428),
+    (dict(kernel_size=10), 85_709_572),
+    (dict(kernel_size=3), 85_666_564),
+    (dict(kernel_size=9, input_linear=True), 86_294_020),
+    (dict(kernel_size=9, no_output_linear=True), 85_112_836),
+])
+def test_parameter_counts(kw, expected):
+  assert n_params(Config("t", "v", **kw)) == expected
+
+
+def test_encoder_and_block_counts():
+  cfg = Config("t", "v", kernel_size=9)
+  params = train.abstract_params(cfg)
+  count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+  assert count(params["encoder"]) == 85_056_000
+  assert count(params["encoder"]["block_0"]) == 7_087_872
+  assert count(params["stem"]) == 85_085_184 - 85_056_000
+  assert count(params["head"]) == 618_244
+
+
+def test_head_widths_are_right_when_d_model_differs_from_n_kernels():
+  """The original's channel bug (14.1) made these configurations crash."""
+  for kw in (dict(input_linear=True), dict(input_linear=True, no_output_linear=True)):
+    cfg = Config("t", "v", d_model=32, n_kernels=12, N=1, h=2, kernel_size=3, context_length=9, **kw)
+    m = model_lib.build(cfg)
+    codes = jnp.zeros((2, cfg.n_nucleotides), jnp.uint8)
+    params = jax.jit(m.init)(jax.random.key(0), codes)
+    assert jax.jit(m.apply)(params, codes).shape == (2, 24, 4)
+
+
+def test_shapes_at_reference_config():
+  """15.3 at cl 768, ks 9, d 768, B 8 (abstractly): logits (8, 6903, 4)."""
+  cfg = Config("t", "v", kernel_size=9, context_length=768)
+  m = model_lib.build(cfg)
+  codes = jax.ShapeDtypeStruct((8, 6903), jnp.uint8)
+  params = train.abstract_params(cfg)
+  assert jax.eval_shape(lambda p, c: m.apply({"params": p}, c), params, codes).shape == (8, 6903, 4)
+  y, mask = jax.eval_shape(lambda p, c: m.apply({"params": p}, c, method="embed"), params, codes)
+  assert y.shape == (8, 768, 768) and mask.shape == (8, 768)
+
+
+def test_odd_lengths_are_trimmed_to_whole_windows():
+  """15.3: a 100-nucleotide input with ks 9 gives 11 windows + CLS and 99 outputs."""
+  cfg = Config("t", "v", d_model=16, n_kernels=16, N=1, h=2, kernel_size=9, context_length=12)
+  m = model_lib.build(cfg)
+  codes = jnp.zeros((2, 100), jnp.uint8)
+  params = jax.jit(m.init)(jax.random.key(0), codes)
+  assert jax.jit(m.apply)(params, codes).shape == (2, 99, 4)
+  y, _ = m.apply(params, codes, method="embed")
+  assert y.shape == (2, 12, 16)
+
+
+def test_positional_encoding_values():
+  pe = model_lib.sinusoidal(2, 64)
+  np.testing.assert_allclose(pe[0, :4], [0, 1, 0, 1])
+  np.testing.assert_allclose(pe[1, :4], [0.84147, 0.54030, 0.68156, 0.73176], atol=1e-5)
+
+
+def test_attention_mask_counts_windows_with_nucleotides():
+  """22 real nucleotides, ks 9: CLS and windows 1-3 attend. The original (15.3) leaves out
+  the partial third window; we keep it, so no nucleotide is invisible to attention."""
+  cfg = Config("t", "v", d_model=16, n_kernels=16, N=1, h=2, kernel_size=9, context_length=8)
+  codes = np.full((1, cfg.n_nucleotides), fasta_lib.PAD, np.uint8)
+  codes[0, :22] = 1
+  stem = model_lib.ConvStem(cfg)
+  params = stem.init(jax.random.key(0), codes)
+  _, mask = stem.apply(params, codes)
+  np.testing.assert_array_equal(mask[0], [1, 1, 1, 1, 0, 0, 0, 0])
+  codes[0, :] = fasta_lib.PAD
+  _, mask = stem.apply(params, codes)  # an empty row: CLS only, never a masked-out softmax
+  np.testing.assert_array_equal(mask[0], [1, 0, 0, 0, 0, 0, 0, 0])
+
+
+def test_padding_does_not_change_outputs_at_real_positions():
+  """The key mask works: the same sequence in a longer window (more padding after it)
+  gives the same logits, while a different padding-free neighbour changes them."""
+  cfg = Config("t", "v", d_model=32, n_kernels=32, N=2, h=4, kernel_size=3, context_length=16)
+  m = model_lib.build(cfg)
+  rng = np.random.default_rng(0)
+  seq = rng.integers(0, 4, 20).astype(np.uint8)
+  short = np.full((1, 30), fasta_lib.PAD, np.uint8)
+  long = np.full((1, 45), fasta_lib.PAD, np.uint8)
+  short[0, :20] = long[0, :20] = seq
+  params = jax.jit(m.init)(jax.random.key(0), long)
+  apply = jax.jit(m.apply)
+  np.testing.assert_allclose(apply(params, short)[0, :21], apply(params, long)[0, :21], atol=1e-5)
+  longer = long.copy()
+  longer[0, 20:30] = rng.integers(0, 4, 10)  # more sequence, not padding: attention sees it
+  assert not np.allclose(apply(params, longer)[0, :18], apply(params, long)[0, :18], atol=1e-3)
+
+
+def test_one_hot_table():
+  np.testing.assert_array_equal(model_lib.ONE_HOT[fasta_lib.N], [.25] * 4)
+  np.testing.assert_array_equal(model_lib.ONE_HOT[fasta_lib.PAD], [0] * 4)
+  np.testing.assert_array_equal(model_lib.ONE_HOT[:4], np.eye(4))
+
+
+def test_init_bounds_follow_lncrnapy():
+  """7.4: Glorot matrices in the base, PyTorch default uniform in the head, CLS +-sqrt(3/d)."""
+  cfg = Config("t", "v", kernel_size=9, d_model=768, n_kernels=768, N=1, context_length=4)
+  params = model_lib.build(cfg).init(jax.random.key(0), jnp.zeros((1, 27), jnp.uint8))["params"]
+  bound = lambda x: float(jnp.max(jnp.abs(x)))
+  assert 0.0600 < bound(params["encoder"]["block_0"]["q"]["kernel"]) <= 0.0625
+  assert 0.0390 < bound(params["encoder"]["block_0"]["ff_in"]["kernel"]) <= 0.03953
+  assert 0.0290 < bound(params["stem"]["conv"]["kernel"]) <= 0.02939
+  assert 0.0600 < bound(params["stem"]["cls"]) <= 0.0625
+  assert 0.0350 < bound(params["head"]["output_linear"]["kernel"]) <= 0.0361
+  assert 0.16 < bound(params["head"]["deconv"]["kernel"]) <= 1 / 6

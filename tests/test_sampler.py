@@ -1,0 +1,182 @@
+import numpy as np
+import pytest
+
+from conftest import random_seqs, shared_path, write_fasta
+from nlm_jax import fasta as fasta_lib
+from nlm_jax import sampler
+from nlm_jax.config import Config
+
+# original-behaviour.md 15.2: (ks, cl, mask_size) -> (n_sel, masked, random, kept) indices.
+COUNTS = [
+    (9, 768, 1, 1035, 828, 103, 104), (9, 768, 2, 517, 826, 102, 106),
+    (9, 768, 3, 345, 828, 102, 105), (9, 768, 9, 115, 828, 99, 108),
+    (10, 768, 1, 1150, 920, 115, 115), (3, 768, 1, 345, 276, 34, 35),
+    (4, 768, 1, 460, 368, 46, 46), (6, 768, 1, 690, 552, 69, 69),
+    (7, 768, 1, 805, 644, 80, 81), (9, 32, 1, 41, 32, 4, 5), (9, 64, 1, 85, 68, 8, 9),
+    (3, 16, 1, 6, 4, 0, 2),
+]
+
+
+def cfg_for(**kw):
+  return Config("t.fa", "v.fa", **kw)
+
+
+@pytest.mark.parametrize("ks, cl, m, n_sel, n_masked, n_random, n_kept", COUNTS)
+def test_masking_counts_match_reference(ks, cl, m, n_sel, n_masked, n_random, n_kept):
+  n = (cl - 1) * ks
+  masked, random, kept = sampler.span_indices(np.random.default_rng(0), 2, n, 0.15, 0.8, 0.1, m)
+  assert masked.shape == (2, n_masked)
+  assert random.shape == (2, n_random)
+  assert kept.shape == (2, n_kept)
+  assert n_masked + n_random + n_kept == n_sel * m
+  starts = np.concatenate([masked, random, kept], axis=1)[:, ::m]
+  assert all(len(np.unique(row)) == n_sel for row in starts)  # distinct span starts
+
+
+def test_full_row_mask_counts_on_a_batch():
+  """ks 9, cl 768, m 1, a row without padding: 1035 targets, 828 masked, 103 random."""
+  cfg = cfg_for(kernel_size=9, context_length=768)
+  codes = np.random.default_rng(1).integers(0, 4, (4, cfg.n_nucleotides)).astype(np.uint8)
+  batch = sampler.mask_conv(codes, np.random.default_rng(2), cfg)
+  assert ((batch["targets"] >= 0).sum(axis=1) == 1035).all()
+  assert ((batch["inputs"] == fasta_lib.N).sum(axis=1) == 828).all()
+  # Random positions draw one of four nucleotides: a quarter keep theirs.
+  changed = ((batch["inputs"] != codes) & (batch["inputs"] != fasta_lib.N)).sum()
+  assert 0.6 * 103 * 4 < changed < 0.9 * 103 * 4
+  selected = batch["targets"] >= 0
+  np.testing.assert_array_equal(batch["targets"][selected], codes[selected])
+  np.testing.assert_array_equal(batch["inputs"][~selected], codes[~selected])
+
+
+def test_span_expansion_example():
+  """15.2: indices [0, 5, 9], m = 3, len_out = 10 -> [0, 1, 2, 5, 6, 7, 9, 9, 9]."""
+  np.testing.assert_array_equal(sampler.expand_spans(np.array([[0, 5, 9]]), 3, 10),
+                                [[0, 1, 2, 5, 6, 7, 9, 9, 9]])
+
+
+def test_unique_counts_with_overlapping_spans():
+  """15.2: for m = 3 on a full row, ~990 unique selected and ~798 unique masked."""
+  cfg = cfg_for(kernel_size=9, context_length=768, mask_size=3)
+  codes = np.random.default_rng(1).integers(0, 4, (200, cfg.n_nucleotides)).astype(np.uint8)
+  batch = sampler.mask_conv(codes, np.random.default_rng(3), cfg)
+  assert abs((batch["targets"] >= 0).sum(axis=1).mean() - 990) < 10
+  assert abs((batch["inputs"] == fasta_lib.N).sum(axis=1).mean() - 798) < 10
+
+
+def test_short_rows_select_in_proportion_and_never_padding_or_n():
+  """15.2: rows of 6000 / 1000 / 100 real nucleotides get ~1035 n / 6903 targets; padding
+  and N are never targets (a deliberate difference for N)."""
+  cfg = cfg_for(kernel_size=9, context_length=768)
+  rng = np.random.default_rng(4)
+  lengths = np.array([6000, 1000, 100] * 300)
+  codes = np.full((len(lengths), cfg.n_nucleotides), fasta_lib.PAD, np.uint8)
+  for row, n in enumerate(lengths):
+    codes[row, :n] = rng.integers(0, 5, n)  # N among the letters
+  batch = sampler.mask_conv(codes, rng, cfg)
+  targets = batch["targets"]
+  assert (targets[codes >= fasta_lib.N] == sampler.IGNORE).all()
+  np.testing.assert_array_equal(batch["inputs"][codes == fasta_lib.PAD], fasta_lib.PAD)
+  for n in (6000, 1000, 100):
+    acgt = (codes[lengths == n] < 4).sum(axis=1).mean()
+    expected = 1035 * acgt / cfg.n_nucleotides
+    got = (targets[lengths == n] >= 0).sum(axis=1).mean()
+    assert abs(got - expected) < 0.05 * expected + 1
+
+
+def test_windows_eval_is_the_5prime_start():
+  start, stop = sampler.windows(np.array([5, 100, 700]), 567, None, 9, True)
+  np.testing.assert_array_equal(start, [0, 0, 0])
+  np.testing.assert_array_equal(stop, [5, 100, 567])
+
+
+def test_windows_train_cover_long_sequences_and_shift_short_ones():
+  rng = np.random.default_rng(0)
+  lengths = np.array([2000] * 5000 + [100] * 5000 + [3] * 5000)
+  start, stop = sampler.windows(lengths, 567, rng, 9, True)
+  long, short, tiny = start[:5000], start[5000:10000], start[10000:]
+  assert long.min() == 0 and long.max() > 1400 and (long <= 2000 - 567).all()
+  assert (stop[:5000] - long == 567).all()
+  np.testing.assert_array_equal(np.unique(short), np.arange(9))  # shifts 0..ks-1, uniform
+  assert np.bincount(short).min() > 450
+  np.testing.assert_array_equal(np.unique(tiny), [0, 1, 2])  # never the whole sequence
+  assert (stop - start >= 1).all()
+
+
+def test_windows_without_random_frame_keep_the_frame():
+  rng = np.random.default_rng(0)
+  start, _ = sampler.windows(np.array([2000] * 1000 + [100] * 1000), 567, rng, 9, False)
+  assert (start % 9 == 0).all()
+  assert (start[1000:] == 0).all()
+  assert start[:1000].max() > 1000
+
+
+def test_epoch_order_is_lncrnapy_random_sampler():
+  rng = np.random.default_rng(0)
+  order = sampler.epoch_order(7, 17, rng)
+  assert len(order) == 17
+  for part in (order[:7], order[7:14]):
+    np.testing.assert_array_equal(np.sort(part), np.arange(7))
+  assert len(set(order[14:])) == 3
+
+
+def test_validation_subset_reference():
+  """15.7: rows RandomState(42).permutation(2686)[:2500] of the GENCODE file."""
+  idx = sampler.eval_indices(2686, 2500, 42)
+  np.testing.assert_array_equal(idx[:10], [655, 862, 365, 2424, 1763, 175, 620, 1411, 1412, 2582])
+  np.testing.assert_array_equal(idx[-5:], [835, 2294, 1439, 1733, 1695])
+  excluded = np.setdiff1d(np.arange(2686), idx)
+  np.testing.assert_array_equal(excluded[:10], [1, 21, 34, 64, 95, 130, 161, 189, 200, 201])
+  fa = fasta_lib.Fasta(shared_path("data", "gencode_human_lncrna.fasta"))
+  assert len(fa) == 2686
+  assert fa.lengths[idx].sum() == 3_454_916
+
+
+def test_fewer_validation_records_use_all():
+  assert sorted(sampler.eval_indices(30, 2500, 42)) == list(range(30))
+
+
+@pytest.fixture
+def train_fa(tmp_path):
+  return fasta_lib.Fasta(write_fasta(tmp_path / "t.fa", random_seqs(50, 5, 400)))
+
+
+def test_batches_are_a_pure_function_of_seed_epoch_step(train_fa):
+  cfg = cfg_for(kernel_size=3, context_length=32, batch_size=8, n_samples_per_epoch=60)
+  a = sampler.TrainSampler(train_fa, cfg)
+  b = sampler.TrainSampler(train_fa, cfg)
+  for epoch, step in [(0, 0), (0, 5), (3, 2)]:
+    for k, v in a.batch(epoch, step).items():
+      np.testing.assert_array_equal(v, b.batch(epoch, step)[k])
+  assert not np.array_equal(a.batch(0, 0)["inputs"], a.batch(1, 0)["inputs"])
+  other = sampler.TrainSampler(train_fa, cfg_for(kernel_size=3, context_length=32, batch_size=8,
+                                                 n_samples_per_epoch=60, seed=1))
+  assert not np.array_equal(a.batch(0, 0)["inputs"], other.batch(0, 0)["inputs"])
+
+
+def test_short_last_batch_is_filled_with_rows_without_targets(train_fa):
+  cfg = cfg_for(kernel_size=3, context_length=32, batch_size=8, n_samples_per_epoch=60)
+  s = sampler.TrainSampler(train_fa, cfg)
+  assert s.steps_per_epoch == 8
+  last = s.batch(0, 7)
+  assert last["inputs"].shape == (8, 93)
+  assert (last["targets"][4:] == sampler.IGNORE).all()
+  assert (last["inputs"][4:] == fasta_lib.PAD).all()
+  assert (last["targets"][:4] >= 0).any()
+
+
+def test_host_shares_are_disjoint_and_form_the_global_batch(train_fa):
+  """Each of 4 hosts draws its rows of the global batch: together they are the
+  epoch's indices for that step, without overlap."""
+  cfg = cfg_for(kernel_size=3, context_length=32, batch_size=8, n_samples_per_epoch=64)
+  order = sampler.epoch_order(50, 64, sampler.rng_for(cfg.seed, 0))
+  hosts = [sampler.TrainSampler(train_fa, cfg, process_index=p, process_count=4) for p in range(4)]
+  for step in range(3):
+    parts = [h.batch(0, step) for h in hosts]
+    assert all(p["inputs"].shape == (2, 93) for p in parts)
+    want = sampler.read_windows(train_fa, order[step * 8:(step + 1) * 8], 93, None, 3, False)
+    got = np.concatenate([p["inputs"] for p in parts])
+    # Same sequences in the same rows: their unmasked nucleotides agree with the 5' windows
+    # where the window was not shifted; at least the sequence lengths must match.
+    assert ((got != fasta_lib.PAD).sum(1) <= (want != fasta_lib.PAD).sum(1)).all()
+    drawn = [h.indices(0, step) for h in hosts]
+    np.testing.assert_array_equal(np.concatenate(drawn), order[step * 8:(step + 1) * 8])
