@@ -30,7 +30,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return FLAGS(argv)
   except flags.Error as e:
-    fail(f"{e} (see --helpfull for every flag).")
+    fail(f"{str(e).replace('ERROR:: ', '')} (see --helpfull for every flag).")
 
 
 def main(argv: list[str]) -> None:

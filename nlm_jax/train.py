@@ -131,13 +131,17 @@ def evaluate(eval_step: Callable, params: Any, data: sampler_lib.Batch, mesh: Me
 
 
 def _check_writable(folder: str, what: str, flag: str) -> None:
-  try:
-    os.makedirs(folder, exist_ok=True)
-  except OSError as e:
-    raise UserError(f"cannot create the {what} folder {folder!r} ({e.strerror}): choose a "
-                    f"writable {flag}.") from None
-  if not os.access(folder, os.W_OK | os.X_OK):
-    raise UserError(f"the {what} folder {folder!r} is not writable: choose a writable {flag}.")
+  """Fails unless `folder` exists as a writable folder or could be created; creates nothing,
+  so a run refused for one folder leaves no trace in the other."""
+  parent = os.path.abspath(folder)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise UserError(f"cannot create the {what} folder {folder!r}: {parent!r} is a file. Choose "
+                    f"another {flag}.")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise UserError(f"the {what} folder {folder!r} is not writable ({parent!r}): choose a "
+                    f"writable {flag}.")
 
 
 def _duration(seconds: float) -> str:
@@ -158,9 +162,10 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
   writer = jax.process_index() == 0
   if writer:
     _check_writable(cfg.model_root, "model", "--model_dir")
+    _check_writable(cfg.results_path, "results", "--results_dir")
   checkpointer = checkpoint_lib.Checkpointer(cfg.checkpoint_path, cfg)
   if writer:
-    _check_writable(cfg.results_path, "results", "--results_dir")
+    os.makedirs(cfg.results_path, exist_ok=True)
 
   logging.info("process %d of %d, %d devices (%s); experiment %s", jax.process_index(),
                jax.process_count(), n_devices, mesh.devices.flat[0].platform, cfg.exp_name)

@@ -1,0 +1,137 @@
+"""Token encodings in NumPy: nucleotides (k = 1), non-overlapping k-mers and BPE
+(sentencepiece), with lncRNA-Py's special ids (original-behaviour.md section 6).
+
+Tokenizers turn windows of nucleotide codes (fasta.py: A0 C1 G2 T3 N4, PAD5) into
+rows of `context_length` ids: CLS, the tokens, SEP when the sequence ended inside
+the window, PAD. Array suffixes: B rows, N nucleotides, L token positions.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from nlm_jax import fasta as fasta_lib
+from nlm_jax.config import Config, UserError
+
+MASK, CLS, SEP, PAD, UNK = 0, 1, 2, 3, 4
+N_SPECIAL = 5
+_LETTERS = np.frombuffer(b"ACGTN", dtype=np.uint8)
+
+
+def _finish_rows(tokens_BxT: np.ndarray, n_B: np.ndarray, ended_B: np.ndarray,
+                 context_length: int) -> np.ndarray:
+  """[CLS] + the first n tokens + [SEP if the sequence ended and there is room] + PAD."""
+  b = len(n_B)
+  ids_BxL = np.full((b, context_length), PAD, dtype=np.int32)
+  ids_BxL[:, 0] = CLS
+  pos = np.arange(context_length - 1)
+  ids_BxL[:, 1:] = np.where(pos < n_B[:, None], tokens_BxT[:, :context_length - 1], PAD)
+  rows = np.flatnonzero(ended_B & (n_B + 1 < context_length))
+  ids_BxL[rows, n_B[rows] + 1] = SEP
+  return ids_BxL
+
+
+class KmerTokenizer:
+  """Non-overlapping k-mers from the 5' start of the window; a k-mer holding anything
+  but A, C, G, T is UNK; a trailing partial k-mer is dropped (nuc is k = 1)."""
+
+  def __init__(self, k: int, context_length: int):
+    self.k, self.context_length = k, context_length
+    self.vocab_size = N_SPECIAL + 4 ** k
+    self.window = (context_length - 1) * k  # nucleotides read per row
+    self.unit = k  # reading-frame step of the windows
+
+  def __call__(self, codes_BxN: np.ndarray, ended_B: np.ndarray) -> np.ndarray:
+    b = len(codes_BxN)
+    n_pos = self.context_length - 1
+    codes = np.full((b, n_pos * self.k), fasta_lib.PAD, dtype=np.uint8)
+    width = min(codes_BxN.shape[1], n_pos * self.k)
+    codes[:, :width] = codes_BxN[:, :width]
+    kmers_BxTxk = codes.reshape(b, n_pos, self.k).astype(np.int64)
+    n_real_B = np.sum(codes != fasta_lib.PAD, axis=1) // self.k  # whole k-mers only
+    weights = 4 ** np.arange(self.k - 1, -1, -1)
+    ids_BxT = N_SPECIAL + np.sum(np.minimum(kmers_BxTxk, 3) * weights, axis=-1)
+    ids_BxT = np.where(np.any(kmers_BxTxk >= fasta_lib.N, axis=-1), UNK, ids_BxT)
+    return _finish_rows(ids_BxT, n_real_B, ended_B, self.context_length)
+
+  def tokenize(self, seq: str) -> np.ndarray:
+    """One sequence as given (no U -> T: anything but ACGT is UNK), for tests and tools."""
+    codes = np.frombuffer(seq.upper().encode(), dtype=np.uint8)
+    codes = np.select([codes == ord(c) for c in "ACGT"], range(4), fasta_lib.N).astype(np.uint8)
+    row = np.full((1, max(len(codes), 1)), fasta_lib.PAD, np.uint8)
+    row[0, :len(codes)] = codes
+    return self(row, np.array([len(codes) // self.k < self.context_length]))[0]
+
+  def token_nucleotides(self) -> np.ndarray:
+    """(V, k) nucleotide codes of every token; -1 for special tokens."""
+    table = np.full((self.vocab_size, self.k), -1, dtype=np.int8)
+    ids = np.arange(4 ** self.k)
+    for j in range(self.k):
+      table[N_SPECIAL:, j] = (ids // 4 ** (self.k - 1 - j)) % 4
+    return table
+
+
+class BpeTokenizer:
+  """A sentencepiece BPE model (a lncRNA-Py `.bpe` file loads as it is): CLS, the
+  first context_length - 1 pieces of the window, SEP if they all fit, PAD."""
+
+  def __init__(self, path: str, context_length: int):
+    import sentencepiece as spm
+
+    if not os.path.isfile(path):
+      raise UserError(f"BPE file {path!r} does not exist: check --bpe_file (and --data_dir), or "
+                      "fit one with python -m nlm_jax.bpe FASTA VOCAB_SIZE.")
+    try:
+      self.sp = spm.SentencePieceProcessor(model_file=path)
+    except (RuntimeError, OSError) as e:
+      raise UserError(f"BPE file {path!r} does not load as a sentencepiece model "
+                      f"({str(e).splitlines()[0][:120]}): fit one with python -m nlm_jax.bpe.") from None
+    pieces = [self.sp.id_to_piece(i) for i in range(self.sp.get_piece_size())]
+    specials = [(MASK, "MASK"), (UNK, None)]
+    if (self.sp.bos_id(), self.sp.eos_id(), self.sp.pad_id(), self.sp.unk_id()) != (CLS, SEP, PAD, UNK) \
+        or pieces[MASK] != "MASK":
+      raise UserError(f"BPE file {path!r} does not use the special ids MASK 0, CLS 1, SEP 2, PAD 3, "
+                      "UNK 4: fit it with python -m nlm_jax.bpe.")
+    del specials
+    self.pieces = pieces
+    self.vocab_size = len(pieces)
+    self.is_nucleotides = np.array([i >= N_SPECIAL and bool(p) and set(p) <= set("ACGT")
+                                    for i, p in enumerate(pieces)])
+    self.max_piece = max(len(p) for p, ok in zip(pieces, self.is_nucleotides) if ok)
+    self.context_length = context_length
+    self.window = (context_length - 1) * self.max_piece  # enough for context_length - 1 pieces
+    self.unit = 1
+
+  def __call__(self, codes_BxN: np.ndarray, ended_B: np.ndarray) -> np.ndarray:
+    texts = [_LETTERS[row[row != fasta_lib.PAD]].tobytes().decode() for row in codes_BxN]
+    encoded = self.sp.encode(texts)
+    n_pos = self.context_length - 1
+    tokens = np.full((len(texts), n_pos), PAD, dtype=np.int32)
+    n_B = np.zeros(len(texts), dtype=np.int64)
+    for row, ids in enumerate(encoded):
+      n_B[row] = min(len(ids), n_pos)
+      tokens[row, :n_B[row]] = ids[:n_B[row]]
+    fits = np.array([len(ids) < n_pos for ids in encoded], dtype=bool)
+    return _finish_rows(tokens, n_B, ended_B & fits, self.context_length)
+
+  def tokenize(self, seq: str) -> np.ndarray:
+    """One sequence as given (sentencepiece sees its letters), for tests and tools."""
+    ids = self.sp.encode(seq.upper())
+    n_pos = self.context_length - 1
+    return _finish_rows(np.array([ids[:n_pos] + [PAD] * (n_pos - len(ids[:n_pos]))]),
+                        np.array([min(len(ids), n_pos)]), np.array([len(ids) < n_pos]),
+                        self.context_length)[0]
+
+  def token_nucleotides(self) -> np.ndarray:
+    table = np.full((self.vocab_size, self.max_piece), -1, dtype=np.int8)
+    for i in np.flatnonzero(self.is_nucleotides):
+      table[i, :len(self.pieces[i])] = ["ACGT".index(c) for c in self.pieces[i]]
+    return table
+
+
+def tokenizer(cfg: Config) -> KmerTokenizer | BpeTokenizer:
+  if cfg.encoding_method == "bpe":
+    return BpeTokenizer(cfg.bpe_path, cfg.context_length)
+  return KmerTokenizer(1 if cfg.encoding_method == "nuc" else cfg.k, cfg.context_length)
