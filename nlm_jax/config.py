@@ -16,6 +16,7 @@ from absl import flags
 ENCODINGS = ("conv", "bpe", "kmer", "nuc")
 TOKEN_ENCODINGS = ("bpe", "kmer", "nuc")
 PRECISIONS = ("fp32",)
+MAX_TOKEN_PARAMS = 1_000_000_000  # embedding + output layer: beyond this --k is refused
 
 
 class UserError(Exception):
@@ -108,6 +109,7 @@ class Config:
   output_relu: bool = False
   seed: int = 0
   # Not flags of the contract: fixed by lncRNA-Py, kept visible here.
+  bpe_vocab_size: int | None = None  # read from --bpe_file by from_flags
   encoder_dropout: float = 0.1  # inside the encoder (the original's BERT default)
   n_eval: int = 2500  # sequences in each evaluation subset
   valid_seed: int = 42  # picks the validation subset, as in the original
@@ -133,6 +135,28 @@ class Config:
     return (self.context_length - 1) * self.kernel_size
 
   @property
+  def is_token(self) -> bool:
+    return self.encoding_method in TOKEN_ENCODINGS
+
+  @property
+  def token_k(self) -> int:
+    """k of the k-mer tokenizer: 1 for nuc."""
+    return 1 if self.encoding_method == "nuc" else self.k
+
+  @property
+  def vocab_size(self) -> int:
+    """Output classes: 4 nucleotides for conv, the token vocabulary otherwise."""
+    if self.encoding_method == "conv":
+      return 4
+    if self.encoding_method == "bpe":
+      return self.bpe_vocab_size
+    return 5 + 4 ** self.token_k
+
+  @property
+  def bpe_path(self) -> str:
+    return _under(self.data_dir, self.bpe_file)
+
+  @property
   def train_path(self) -> str:
     return _under(self.data_dir, self.fasta_train)
 
@@ -152,6 +176,8 @@ class Config:
     name = f"{self.exp_prefix}_{self.encoding_method}"
     if self.encoding_method == "kmer":
       name += f"_k{self.k}"
+    elif self.encoding_method == "bpe":
+      name += f"_vs{self.bpe_vocab_size}"
     elif self.encoding_method == "conv":
       name += f"_nm{self.n_kernels}_sm{self.kernel_size}"
     name += f"_dm{self.d_model}_N{self.N}"
@@ -218,9 +244,15 @@ class Config:
       if int(self.p_mlm / self.mask_size * self.n_nucleotides) < 1:
         raise UserError(f"--p_mlm {self.p_mlm} selects no span in a window of {self.n_nucleotides} "
                         "nucleotides: raise --p_mlm or --context_length, or lower --mask_size.")
-    else:
-      raise UserError(f"--encoding_method {self.encoding_method} is not implemented yet: "
-                      "use --encoding_method conv.")
+    elif self.encoding_method == "kmer" and self.k > 1:
+      head_params = 2 * self.vocab_size * self.d_model
+      if head_params > MAX_TOKEN_PARAMS:
+        raise UserError(f"--k {self.k} makes a vocabulary of 5 + 4^{self.k} = {self.vocab_size:,} tokens: "
+                        f"its embedding and output layers alone would hold {head_params:,} parameters "
+                        f"at --d_model {self.d_model}. Choose a smaller --k (lncRNA-Py used 3, 6, 9).")
+    elif self.encoding_method == "bpe" and not self.bpe_file:
+      raise UserError("--encoding_method bpe needs --bpe_file: pass a sentencepiece model, e.g. one "
+                      "fitted with python -m nlm_jax.bpe FASTA VOCAB_SIZE.")
     if not self.exp_prefix or os.sep in self.exp_prefix:
       raise UserError(f"--exp_prefix must be a non-empty name without '{os.sep}', got {self.exp_prefix!r}.")
     return self
@@ -246,4 +278,10 @@ def from_flags(fv: flags.FlagValues, positional: list[str]) -> Config:
                     "VALID.fasta [--flagfile=launch/conv.flags]")
   names = [f.name for f in dataclasses.fields(Config)]
   values: dict[str, Any] = {n: fv[n].value for n in names if n in fv}
-  return Config(fasta_train=positional[0], fasta_valid=positional[1], **values).validate()
+  cfg = Config(fasta_train=positional[0], fasta_valid=positional[1], **values).validate()
+  if cfg.encoding_method == "bpe":  # the vocabulary size is part of the experiment name
+    from nlm_jax import encodings
+
+    vocab = encodings.BpeTokenizer(cfg.bpe_path, cfg.context_length).vocab_size
+    cfg = dataclasses.replace(cfg, bpe_vocab_size=vocab)
+  return cfg

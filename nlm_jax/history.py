@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 
-COLUMNS = ("Loss|train", "Accuracy|train", "Loss|valid", "Accuracy|valid")
+# NucAccuracy: per-nucleotide accuracy, comparable across encodings (= Accuracy for conv).
+COLUMNS = ("Loss|train", "Accuracy|train", "NucAccuracy|train",
+           "Loss|valid", "Accuracy|valid", "NucAccuracy|valid")
 
 
 def _replace(path: str, write) -> None:
@@ -15,7 +17,8 @@ def _replace(path: str, write) -> None:
 
 
 def write_csv(path: str, rows: list[dict[str, float]]) -> None:
-  """lncRNA-Py's format: an unnamed 0-based index column, then COLUMNS as %.6f."""
+  """lncRNA-Py's format (an unnamed 0-based index column, values as %.6f) with its four
+  columns and the two NucAccuracy columns."""
   def write(tmp):
     with open(tmp, "w") as f:
       f.write("," + ",".join(COLUMNS) + "\n")
@@ -31,13 +34,14 @@ def read_csv(path: str) -> list[dict[str, float]]:
 
 
 def plot(folder: str, rows: list[dict[str, float]]) -> None:
-  """loss.png and accuracy.png: training and validation curves over epochs 1..E."""
+  """loss.png, accuracy.png and nucaccuracy.png: training and validation curves over
+  epochs 1..E."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   epochs = range(1, len(rows) + 1)
-  for metric in ("Loss", "Accuracy"):
+  for metric in ("Loss", "Accuracy", "NucAccuracy"):
     fig, ax = plt.subplots(figsize=(6, 4))
     for split, label in (("train", "Training"), ("valid", "Validation")):
       ax.plot(epochs, [r[f"{metric}|{split}"] for r in rows], marker=".", label=label)

@@ -1,5 +1,6 @@
-"""The models in Flax Linen: the conv stem, a pre-LayerNorm BERT encoder and the
-masked-convolution head (original-behaviour.md section 7).
+"""The models in Flax Linen: the conv stem and the token embedding, a pre-LayerNorm
+BERT encoder, the masked-convolution head and the token MLM head
+(original-behaviour.md section 7).
 
 Array suffixes: B batch, N nucleotides, L positions (CLS included), L1 positions
 without CLS, D d_model, K n_kernels, H heads, E head width, F d_ff.
@@ -21,6 +22,7 @@ from nlm_jax.config import Config
 ONE_HOT = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1],
                     [.25, .25, .25, .25], [0, 0, 0, 0]], dtype=np.float32)
 PAD_CODE = 5
+PAD_ID = 3  # the token PAD (encodings.PAD); the model imports no data code
 
 # Initialisers of lncRNA-Py (original 7.4): Glorot-uniform matrices inside the base,
 # PyTorch's default uniform(+-1/sqrt(fan_in)) for biases and for the head.
@@ -156,18 +158,58 @@ class ConvBERT(nn.Module):
     return self.head(y_BxLxD, train)
 
 
+class TokenBERT(nn.Module):
+  """Token ids (B, L) -> logits (B, L, V): embedding, encoder, one linear MLM layer."""
+  cfg: Config
+
+  def setup(self):
+    cfg = self.cfg
+    self.embedding = nn.Embed(cfg.vocab_size, cfg.d_model, embedding_init=xavier)
+    self.encoder = Encoder(cfg)
+    self.head_dropout = nn.Dropout(cfg.dropout)
+    self.mlm = torch_dense(cfg.vocab_size, cfg.d_model, glorot=False)
+
+  def embed(self, ids_BxL: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+    """Encoder output (B, L, D) and its attention mask (B, L): every token but PAD."""
+    mask_BxL = ids_BxL != PAD_ID
+    return self.encoder(self.embedding(ids_BxL), mask_BxL, train), mask_BxL
+
+  def __call__(self, ids_BxL: jax.Array, train: bool = False) -> jax.Array:
+    y_BxLxD, _ = self.embed(ids_BxL, train)
+    y_BxLxD = self.head_dropout(y_BxLxD, deterministic=not train)
+    return self.mlm(y_BxLxD)
+
+
 def build(cfg: Config) -> nn.Module:
-  return ConvBERT(cfg)
+  return TokenBERT(cfg) if cfg.is_token else ConvBERT(cfg)
 
 
-def mlm_loss(logits_BxNxV: jax.Array, targets_BxN: jax.Array) -> dict[str, jax.Array]:
-  """Sums over the selected positions (target >= 0): cross-entropy, correct
-  predictions and the count, in float32; means are taken by the caller."""
+def mlm_loss(logits_BxNxV: jax.Array, targets_BxN: jax.Array, label_smoothing: float = 0.0,
+             token_nucs_VxM: jax.Array | None = None) -> dict[str, jax.Array]:
+  """Sums over the selected positions (target >= 0), in float32; the caller takes means.
+
+  loss_sum: plain cross-entropy (what is logged, comparable across encodings);
+  train_sum: the cross-entropy with label smoothing (PyTorch's: the smoothing mass is
+  spread over all classes), what token models train on; correct/count: token accuracy;
+  nuc_correct/nuc_count: per-nucleotide accuracy, the nucleotides of the predicted token
+  that equal the true token's at the same position (token_nucs_VxM: each token's
+  nucleotide codes, -1 past its end). Without a table a position is one nucleotide.
+  """
   n = logits_BxNxV.shape[1]
   targets_BxN = targets_BxN[:, :n].astype(jnp.int32)
   weight_BxN = (targets_BxN >= 0).astype(jnp.float32)
+  safe_BxN = jnp.maximum(targets_BxN, 0)
   logp = jax.nn.log_softmax(logits_BxNxV.astype(jnp.float32))
-  ce_BxN = -jnp.take_along_axis(logp, jnp.maximum(targets_BxN, 0)[..., None], axis=-1)[..., 0]
-  correct_BxN = (jnp.argmax(logp, axis=-1) == targets_BxN).astype(jnp.float32)
-  return {"loss_sum": jnp.sum(ce_BxN * weight_BxN), "correct": jnp.sum(correct_BxN * weight_BxN),
-          "count": jnp.sum(weight_BxN)}
+  ce_BxN = -jnp.take_along_axis(logp, safe_BxN[..., None], axis=-1)[..., 0]
+  smoothed_BxN = (1 - label_smoothing) * ce_BxN - label_smoothing * jnp.mean(logp, axis=-1)
+  pred_BxN = jnp.argmax(logp, axis=-1)
+  correct = jnp.sum((pred_BxN == targets_BxN) * weight_BxN)
+  count = jnp.sum(weight_BxN)
+  sums = {"loss_sum": jnp.sum(ce_BxN * weight_BxN), "train_sum": jnp.sum(smoothed_BxN * weight_BxN),
+          "correct": correct, "count": count, "nuc_correct": correct, "nuc_count": count}
+  if token_nucs_VxM is not None:
+    true_BxNxM = token_nucs_VxM[safe_BxN]
+    real_BxNxM = (true_BxNxM >= 0) * weight_BxN[..., None]
+    sums["nuc_correct"] = jnp.sum((token_nucs_VxM[pred_BxN] == true_BxNxM) * real_BxNxM)
+    sums["nuc_count"] = jnp.sum(real_BxNxM)
+  return sums

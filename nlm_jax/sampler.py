@@ -4,7 +4,8 @@ Every draw comes from a generator seeded by (seed, epoch, step, host), so a batc
 pure function of where it falls in the run. Batches are dicts of small integer
 arrays; one-hot encoding happens on the device.
 
-Array suffixes: B batch rows, N nucleotides (window positions).
+Array suffixes: B batch rows, N nucleotides (window positions), L token positions,
+V vocabulary.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
+from nlm_jax import encodings
 from nlm_jax import fasta as fasta_lib
 from nlm_jax.config import Config
 
@@ -38,37 +40,41 @@ def epoch_order(n_train: int, n_samples: int, rng: np.random.Generator) -> np.nd
 
 
 def windows(lengths: np.ndarray, n_out: int, rng: np.random.Generator | None,
-            kernel_size: int, random_frame: bool) -> tuple[np.ndarray, np.ndarray]:
+            unit: int, random_frame: bool) -> tuple[np.ndarray, np.ndarray]:
   """(start, stop) in each sequence of the window that fills at most n_out positions.
 
-  With rng=None (evaluation) the window is the 5' start of the sequence. In training
-  (an rng) a longer sequence gets a window at a random place, so the whole transcript
-  is seen over time; a shorter one is shifted by 0..kernel_size-1 nucleotides when
-  random_frame is on, never by the whole sequence. Without random_frame windows start
-  only at multiples of kernel_size, keeping the reading frame of the 5' end.
+  The one cropping rule of every encoding; `unit` is the reading-frame step: the
+  kernel size for conv, k for k-mers, 1 for nuc and BPE. With rng=None (evaluation)
+  the window is the 5' start of the sequence. In training (an rng) a longer sequence
+  gets a window at a random place, so the whole transcript is seen over time; a
+  shorter one is shifted by 0..unit-1 nucleotides when random_frame is on, never by
+  the whole sequence. Without random_frame windows start only at multiples of unit,
+  keeping the reading frame of the 5' end.
   """
   lengths = np.asarray(lengths, dtype=np.int64)
   if rng is None:
     start = np.zeros_like(lengths)
   else:
     excess = lengths - n_out
-    step = 1 if random_frame else kernel_size
+    step = 1 if random_frame else unit
     long_start = step * rng.integers(0, np.maximum(excess, 0) // step + 1)
-    max_shift = np.minimum(kernel_size - 1, lengths - 1) if random_frame else np.zeros_like(lengths)
+    max_shift = np.minimum(unit - 1, lengths - 1) if random_frame else np.zeros_like(lengths)
     short_start = rng.integers(0, max_shift + 1)
     start = np.where(excess > 0, long_start, short_start)
   return start, np.minimum(start + n_out, lengths)
 
 
 def read_windows(fa: fasta_lib.Fasta, indices: np.ndarray, n_out: int,
-                 rng: np.random.Generator | None, kernel_size: int,
-                 random_frame: bool) -> np.ndarray:
-  """uint8 codes (B, n_out) of the sequences' windows, PAD after each sequence's end."""
-  start, stop = windows(fa.lengths[indices], n_out, rng, kernel_size, random_frame)
+                 rng: np.random.Generator | None, unit: int,
+                 random_frame: bool) -> tuple[np.ndarray, np.ndarray]:
+  """uint8 codes (B, n_out) of the sequences' windows, PAD after each sequence's end,
+  and whether each window reaches the end of its sequence (B,)."""
+  lengths = fa.lengths[indices]
+  start, stop = windows(lengths, n_out, rng, unit, random_frame)
   codes_BxN = np.full((len(indices), n_out), fasta_lib.PAD, dtype=np.uint8)
   for row, (i, a, b) in enumerate(zip(indices, start, stop)):
     codes_BxN[row, :b - a] = fa.codes(int(i), int(a), int(b))
-  return codes_BxN
+  return codes_BxN, stop == lengths
 
 
 def expand_spans(starts: np.ndarray, mask_size: int, n: int) -> np.ndarray:
@@ -121,10 +127,66 @@ def mask_conv(codes_BxN: np.ndarray, rng: np.random.Generator, cfg: Config) -> B
   return {"inputs": inputs_BxN, "targets": targets_BxN}
 
 
-def empty_rows(n_rows: int, n: int) -> Batch:
-  """Rows that are all padding and hold no target: they fill a short last batch."""
-  return {"inputs": np.full((n_rows, n), fasta_lib.PAD, dtype=np.uint8),
-          "targets": np.full((n_rows, n), IGNORE, dtype=np.int8)}
+def mask_tokens(ids_BxL: np.ndarray, rng: np.random.Generator, cfg: Config,
+                is_nucleotides_V: np.ndarray) -> Batch:
+  """Token MLM inputs and targets (original 8.1): each token that stands for
+  nucleotides (never a special token or UNK) is selected with probability p_mlm; a
+  selected token becomes MASK with probability p_mask, a random nucleotide token with
+  probability p_random, else stays."""
+  selected_BxL = (rng.random(ids_BxL.shape) < cfg.p_mlm) & is_nucleotides_V[ids_BxL]
+  u_BxL = rng.random(ids_BxL.shape)
+  masked_BxL = selected_BxL & (u_BxL < cfg.p_mask)
+  random_BxL = selected_BxL & (u_BxL >= cfg.p_mask) & (u_BxL < cfg.p_mask + cfg.p_random)
+  inputs_BxL = ids_BxL.copy()
+  inputs_BxL[masked_BxL] = encodings.MASK
+  candidates = np.flatnonzero(is_nucleotides_V).astype(ids_BxL.dtype)
+  inputs_BxL[random_BxL] = rng.choice(candidates, size=int(random_BxL.sum()))
+  targets_BxL = np.where(selected_BxL, ids_BxL, IGNORE).astype(np.int32)
+  return {"inputs": inputs_BxL, "targets": targets_BxL}
+
+
+class ConvEncoding:
+  """Windows of (context_length-1)*kernel_size nucleotides, masked in spans."""
+
+  token_nucs = None  # a position is one nucleotide
+
+  def __init__(self, cfg: Config):
+    self.cfg = cfg
+    self.window, self.unit = cfg.n_nucleotides, cfg.kernel_size
+
+  def batch(self, codes_BxN: np.ndarray, ended_B: np.ndarray, rng: np.random.Generator) -> Batch:
+    del ended_B  # conv windows carry no end marker
+    return mask_conv(codes_BxN, rng, self.cfg)
+
+  def empty_rows(self, n_rows: int) -> Batch:
+    """Rows of padding without targets: they fill a short last batch."""
+    return {"inputs": np.full((n_rows, self.window), fasta_lib.PAD, dtype=np.uint8),
+            "targets": np.full((n_rows, self.window), IGNORE, dtype=np.int8)}
+
+
+class TokenEncoding:
+  """Windows tokenized when sampled (never the whole data set in memory), then masked."""
+
+  def __init__(self, cfg: Config, tokenizer: encodings.KmerTokenizer | encodings.BpeTokenizer):
+    self.cfg, self.tokenizer = cfg, tokenizer
+    self.window, self.unit = tokenizer.window, tokenizer.unit
+    self.token_nucs = tokenizer.token_nucleotides()  # (V, M) codes, -1 past each token's end
+    self.is_nucleotides_V = self.token_nucs[:, 0] >= 0
+
+  def batch(self, codes_BxN: np.ndarray, ended_B: np.ndarray, rng: np.random.Generator) -> Batch:
+    return mask_tokens(self.tokenizer(codes_BxN, ended_B), rng, self.cfg, self.is_nucleotides_V)
+
+  def empty_rows(self, n_rows: int) -> Batch:
+    """CLS then PAD, without targets (CLS keeps one key to attend to)."""
+    inputs = np.full((n_rows, self.cfg.context_length), encodings.PAD, dtype=np.int32)
+    inputs[:, 0] = encodings.CLS
+    return {"inputs": inputs, "targets": np.full_like(inputs, IGNORE)}
+
+
+def encoding_for(cfg: Config) -> ConvEncoding | TokenEncoding:
+  if cfg.is_token:
+    return TokenEncoding(cfg, encodings.tokenizer(cfg))
+  return ConvEncoding(cfg)
 
 
 def concat(batches: list[Batch]) -> Batch:
@@ -137,6 +199,7 @@ class TrainSampler:
 
   fa: fasta_lib.Fasta
   cfg: Config
+  encoding: ConvEncoding | TokenEncoding
   process_index: int = 0
   process_count: int = 1
   _order: tuple[int, np.ndarray] | None = dataclasses.field(default=None, repr=False)
@@ -160,12 +223,13 @@ class TrainSampler:
     cfg = self.cfg
     indices = self.indices(epoch, step)
     rng = rng_for(cfg.seed, epoch, step, self.process_index)
-    codes = read_windows(self.fa, indices, cfg.n_nucleotides, rng, cfg.kernel_size,
-                         not cfg.no_random_reading_frame)
-    batch = mask_conv(codes, rng, cfg)
+    enc = self.encoding
+    codes, ended = read_windows(self.fa, indices, enc.window, rng, enc.unit,
+                                not cfg.no_random_reading_frame)
+    batch = enc.batch(codes, ended, rng)
     local = cfg.batch_size // self.process_count
     if len(indices) < local:
-      batch = concat([batch, empty_rows(local - len(indices), cfg.n_nucleotides)])
+      batch = concat([batch, enc.empty_rows(local - len(indices))])
     return batch
 
   def epoch(self, epoch: int, first_step: int = 0) -> Iterator[Batch]:
@@ -173,11 +237,12 @@ class TrainSampler:
       yield self.batch(epoch, step)
 
 
-def eval_set(fa: fasta_lib.Fasta, indices: np.ndarray, cfg: Config, seed: int) -> Batch:
+def eval_set(fa: fasta_lib.Fasta, indices: np.ndarray, encoding: ConvEncoding | TokenEncoding,
+             seed: int) -> Batch:
   """Fixed windows (the 5' start) and masks drawn once from `seed`: the figures
   computed on this set move only when the model does."""
-  codes = read_windows(fa, indices, cfg.n_nucleotides, None, cfg.kernel_size, False)
-  return mask_conv(codes, rng_for(seed), cfg)
+  codes, ended = read_windows(fa, indices, encoding.window, None, encoding.unit, False)
+  return encoding.batch(codes, ended, rng_for(seed))
 
 
 def eval_indices(n: int, n_eval: int, seed: int) -> np.ndarray:

@@ -35,14 +35,17 @@ def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
   return Mesh(np.array(devices), ("data",))
 
 
-def _dummy_codes(cfg: Config) -> jax.ShapeDtypeStruct:
-  return jax.ShapeDtypeStruct((1, cfg.n_nucleotides), jnp.uint8)
+def dummy_inputs(cfg: Config) -> jax.Array:
+  """One row of model input: nucleotide codes for conv, token ids otherwise."""
+  if cfg.is_token:
+    return jnp.zeros((1, cfg.context_length), jnp.int32)
+  return jnp.zeros((1, cfg.n_nucleotides), jnp.uint8)
 
 
 def abstract_params(cfg: Config) -> Any:
   """The parameter tree as ShapeDtypeStructs, without allocating it."""
   model = model_lib.build(cfg)
-  return jax.eval_shape(lambda c: model.init(jax.random.key(0), c)["params"], _dummy_codes(cfg))
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), dummy_inputs(cfg))["params"])
 
 
 def init_state(cfg: Config, mesh: Mesh, key: jax.Array) -> TrainState:
@@ -51,18 +54,20 @@ def init_state(cfg: Config, mesh: Mesh, key: jax.Array) -> TrainState:
   tx = optim.make_optimizer(cfg.d_model, cfg.warmup_steps)
 
   def init(key):
-    codes = jnp.zeros((1, cfg.n_nucleotides), jnp.uint8)
-    return TrainState.create(apply_fn=model.apply, params=model.init(key, codes)["params"], tx=tx)
+    params = model.init(key, dummy_inputs(cfg))["params"]
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
   abstract = jax.eval_shape(init, key)
   shardings = jax.tree.map(lambda _: NamedSharding(mesh, P()), abstract)
   return jax.jit(init, out_shardings=shardings)(key)
 
 
-def make_train_step(cfg: Config, mesh: Mesh) -> Callable:
+def make_train_step(cfg: Config, mesh: Mesh, token_nucs: np.ndarray | None = None) -> Callable:
   """(state, batch, key) -> (state, metrics): batch sharded over `data`, state replicated
-  and donated, so parameters and optimizer state are updated in place."""
+  and donated, so parameters and optimizer state are updated in place. Token models
+  train with label smoothing 0.1, as lncRNA-Py."""
   model = model_lib.build(cfg)
+  smoothing = 0.1 if cfg.is_token else 0.0
   replicated = NamedSharding(mesh, P())
   rows = NamedSharding(mesh, P("data"))
 
@@ -72,8 +77,8 @@ def make_train_step(cfg: Config, mesh: Mesh) -> Callable:
     def loss_fn(params):
       logits = model.apply({"params": params}, batch["inputs"], train=True,
                            rngs={"dropout": dropout_key})
-      sums = model_lib.mlm_loss(logits, batch["targets"])
-      return sums["loss_sum"] / jnp.maximum(sums["count"], 1.0), sums
+      sums = model_lib.mlm_loss(logits, batch["targets"], smoothing, token_nucs)
+      return sums["train_sum"] / jnp.maximum(sums["count"], 1.0), sums
 
     (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state = state.apply_gradients(grads=grads)
@@ -87,13 +92,13 @@ def make_train_step(cfg: Config, mesh: Mesh) -> Callable:
                  out_shardings=(replicated, replicated), donate_argnums=0)
 
 
-def make_eval_step(cfg: Config, mesh: Mesh) -> Callable:
+def make_eval_step(cfg: Config, mesh: Mesh, token_nucs: np.ndarray | None = None) -> Callable:
   model = model_lib.build(cfg)
   replicated = NamedSharding(mesh, P())
 
   def step(params, batch):
     logits = model.apply({"params": params}, batch["inputs"], train=False)
-    return model_lib.mlm_loss(logits, batch["targets"])
+    return model_lib.mlm_loss(logits, batch["targets"], 0.0, token_nucs)
 
   return jax.jit(step, in_shardings=(replicated, NamedSharding(mesh, P("data"))),
                  out_shardings=replicated)
@@ -114,20 +119,21 @@ def process_rows(batch: sampler_lib.Batch) -> sampler_lib.Batch:
 
 
 def evaluate(eval_step: Callable, params: Any, data: sampler_lib.Batch, mesh: Mesh,
-             batch_rows: int) -> tuple[float, float]:
-  """(loss, accuracy) over all selected nucleotides of `data`."""
+             batch_rows: int, encoding: sampler_lib.ConvEncoding | sampler_lib.TokenEncoding
+             ) -> dict[str, float]:
+  """Loss, Accuracy and NucAccuracy over all selected positions of `data`."""
   n = len(data["inputs"])
   totals = None
   for first in range(0, n, batch_rows):
     batch = {k: v[first:first + batch_rows] for k, v in data.items()}
     if len(batch["inputs"]) < batch_rows:  # static shapes: fill with rows without targets
-      batch = sampler_lib.concat([batch, sampler_lib.empty_rows(
-          batch_rows - len(batch["inputs"]), batch["inputs"].shape[1])])
+      batch = sampler_lib.concat([batch, encoding.empty_rows(batch_rows - len(batch["inputs"]))])
     sums = eval_step(params, to_device(process_rows(batch), mesh))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.device_get(totals)
-  count = max(float(totals["count"]), 1.0)
-  return float(totals["loss_sum"]) / count, float(totals["correct"]) / count
+  t = {k: float(v) for k, v in jax.device_get(totals).items()}
+  count = max(t["count"], 1.0)
+  return {"Loss": t["loss_sum"] / count, "Accuracy": t["correct"] / count,
+          "NucAccuracy": t["nuc_correct"] / max(t["nuc_count"], 1.0)}
 
 
 def _check_writable(folder: str, what: str, flag: str) -> None:
@@ -173,22 +179,25 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
                cfg.train_path, min(cfg.n_eval, len(valid_fa)), cfg.valid_path)
 
   # Evaluation subsets with windows and masks drawn once: fixed inputs and targets.
+  encoding = sampler_lib.encoding_for(cfg)
   valid_set = sampler_lib.eval_set(
-      valid_fa, sampler_lib.eval_indices(len(valid_fa), cfg.n_eval, cfg.valid_seed), cfg,
+      valid_fa, sampler_lib.eval_indices(len(valid_fa), cfg.n_eval, cfg.valid_seed), encoding,
       seed=cfg.seed + 1)
   train_set = sampler_lib.eval_set(
-      train_fa, sampler_lib.eval_indices(len(train_fa), cfg.n_eval, cfg.seed), cfg,
+      train_fa, sampler_lib.eval_indices(len(train_fa), cfg.n_eval, cfg.seed), encoding,
       seed=cfg.seed + 2)
   eval_rows = cfg.batch_size * -(-EVAL_ROWS // cfg.batch_size)
 
   init_key, dropout_key = jax.random.split(jax.random.key(cfg.seed))
   state = init_state(cfg, mesh, init_key)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
-  sampler = sampler_lib.TrainSampler(train_fa, cfg, jax.process_index(), jax.process_count())
+  sampler = sampler_lib.TrainSampler(train_fa, cfg, encoding, jax.process_index(),
+                                     jax.process_count())
   t0 = time.perf_counter()
   batch = to_device(sampler.batch(0, 0), mesh)
-  train_step = make_train_step(cfg, mesh).lower(state, batch, dropout_key).compile()
-  eval_step = make_eval_step(cfg, mesh)
+  train_step = make_train_step(cfg, mesh, encoding.token_nucs).lower(
+      state, batch, dropout_key).compile()
+  eval_step = make_eval_step(cfg, mesh, encoding.token_nucs)
   logging.info("%s parameters; train step compiled in %.1f s; %d steps per epoch",
                f"{n_params:,}", time.perf_counter() - t0, sampler.steps_per_epoch)
 
@@ -202,11 +211,12 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
       state, _ = train_step(state, to_device(step_batch, mesh), dropout_key)
     jax.block_until_ready(state.step)
     train_seconds = time.perf_counter() - epoch_start
-    loss_t, acc_t = evaluate(eval_step, state.params, train_set, mesh, eval_rows)
-    loss_v, acc_v = evaluate(eval_step, state.params, valid_set, mesh, eval_rows)
-    row = {"Loss|train": loss_t, "Accuracy|train": acc_t, "Loss|valid": loss_v,
-           "Accuracy|valid": acc_v}
+    row = {}
+    for split, data in (("train", train_set), ("valid", valid_set)):
+      figures = evaluate(eval_step, state.params, data, mesh, eval_rows, encoding)
+      row.update({f"{k}|{split}": v for k, v in figures.items()})
     rows.append(row)
+    acc_v = row["Accuracy|valid"]
     improved = acc_v > best
     best = max(best, acc_v)
     checkpointer.save(int(state.step), state.params, state.opt_state,
@@ -215,11 +225,12 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
       history_lib.write_csv(os.path.join(cfg.results_path, "history.csv"), rows)
       history_lib.plot(cfg.results_path, rows)
     elapsed = time.perf_counter() - run_start
-    logging.info(
-        "epoch %d/%d | Loss|train %.4f Accuracy|train %.4f | Loss|valid %.4f Accuracy|valid "
-        "%.4f%s | %.1f steps/s | %s elapsed, %s left", epoch + 1, cfg.epochs, loss_t, acc_t,
-        loss_v, acc_v, " (best)" if improved else "", sampler.steps_per_epoch / train_seconds,
-        _duration(elapsed), _duration(elapsed / (epoch + 1) * (cfg.epochs - epoch - 1)))
+    figures = " ".join(f"{k} {row[k]:.4f}" for k in history_lib.COLUMNS
+                       if cfg.is_token or not k.startswith("Nuc"))
+    logging.info("epoch %d/%d | %s%s | %.1f steps/s | %s elapsed, %s left", epoch + 1,
+                 cfg.epochs, figures, " (best)" if improved else "",
+                 sampler.steps_per_epoch / train_seconds, _duration(elapsed),
+                 _duration(elapsed / (epoch + 1) * (cfg.epochs - epoch - 1)))
   checkpointer.close()
   logging.info("training finished in %.1f s; best Accuracy|valid %.4f; checkpoint in %s",
                time.perf_counter() - run_start, best, cfg.checkpoint_path)

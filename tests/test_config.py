@@ -60,7 +60,8 @@ def test_experiment_name(argv, name):
     (("--context_length=1",), "--context_length"),
     (("--dropout=1",), "--dropout"),
     (("--mask_size=100000",), "--mask_size"),
-    (("--encoding_method=kmer",), "not implemented"),
+    (("--encoding_method=kmer", "--k=11"), "vocabulary"),
+    (("--encoding_method=bpe",), "--bpe_file"),
     (("--exp_prefix=a/b",), "--exp_prefix"),
 ])
 def test_bad_values_are_one_line_errors(argv, fragment):

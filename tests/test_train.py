@@ -22,7 +22,7 @@ def tiny(tmp_path, **kw):
 
 
 def batches(cfg, n):
-  s = sampler.TrainSampler(fasta_lib.Fasta(cfg.train_path), cfg)
+  s = sampler.TrainSampler(fasta_lib.Fasta(cfg.train_path), cfg, sampler.encoding_for(cfg))
   return [s.batch(0, i) for i in range(n)]
 
 
@@ -92,7 +92,7 @@ def test_batch_without_targets_changes_nothing(tmp_path):
   mesh = train.make_mesh()
   state = train.init_state(cfg, mesh, jax.random.key(0))
   before = jax.device_get(state)
-  empty = sampler.empty_rows(8, cfg.n_nucleotides)
+  empty = sampler.ConvEncoding(cfg).empty_rows(8)
   state, m = train.make_train_step(cfg, mesh)(state, train.to_device(empty, mesh), jax.random.key(1))
   assert float(m["count"]) == 0 and np.isfinite(float(m["loss_sum"]))
   assert int(state.step) == 0
@@ -108,8 +108,9 @@ def test_run_writes_history_and_best_checkpoint_that_restores(tmp_path):
   for written, row in zip(history.read_csv(csv), rows, strict=True):
     assert written == pytest.approx(row, abs=1e-6)
   with open(csv) as f:
-    assert f.readline().strip() == ",Loss|train,Accuracy|train,Loss|valid,Accuracy|valid"
-  for png in ("loss.png", "accuracy.png"):
+    assert f.readline().strip() == (",Loss|train,Accuracy|train,NucAccuracy|train,"
+                                    "Loss|valid,Accuracy|valid,NucAccuracy|valid")
+  for png in ("loss.png", "accuracy.png", "nucaccuracy.png"):
     assert os.path.getsize(os.path.join(cfg.results_path, png)) > 1000
   # The restored best checkpoint reproduces its validation figures exactly.
   restored_cfg, params = checkpoint.restore(cfg.checkpoint_path)
@@ -117,11 +118,13 @@ def test_run_writes_history_and_best_checkpoint_that_restores(tmp_path):
   best = max(rows, key=lambda r: r["Accuracy|valid"])
   mesh = train.make_mesh()
   valid_fa = fasta_lib.Fasta(cfg.valid_path)
-  valid = sampler.eval_set(valid_fa, sampler.eval_indices(len(valid_fa), cfg.n_eval, 42), cfg,
+  encoding = sampler.ConvEncoding(cfg)
+  valid = sampler.eval_set(valid_fa, sampler.eval_indices(len(valid_fa), cfg.n_eval, 42), encoding,
                            seed=cfg.seed + 1)
-  loss, acc = train.evaluate(train.make_eval_step(cfg, mesh), params, valid, mesh, 64)
-  assert acc == pytest.approx(best["Accuracy|valid"], abs=1e-6)
-  assert loss == pytest.approx(best["Loss|valid"], abs=1e-6)
+  figures = train.evaluate(train.make_eval_step(cfg, mesh), params, valid, mesh, 64, encoding)
+  assert figures["Accuracy"] == pytest.approx(best["Accuracy|valid"], abs=1e-6)
+  assert figures["Loss"] == pytest.approx(best["Loss|valid"], abs=1e-6)
+  assert figures["NucAccuracy"] == figures["Accuracy"]
 
 
 def test_same_seed_same_history(tmp_path):
