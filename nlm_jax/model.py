@@ -208,6 +208,7 @@ def mlm_loss(logits_BxNxV: jax.Array, targets_BxN: jax.Array, label_smoothing: f
   sums = {"loss_sum": jnp.sum(ce_BxN * weight_BxN), "train_sum": jnp.sum(smoothed_BxN * weight_BxN),
           "correct": correct, "count": count, "nuc_correct": correct, "nuc_count": count}
   if token_nucs_VxM is not None:
+    token_nucs_VxM = jnp.asarray(token_nucs_VxM)
     true_BxNxM = token_nucs_VxM[safe_BxN]
     real_BxNxM = (true_BxNxM >= 0) * weight_BxN[..., None]
     sums["nuc_correct"] = jnp.sum((token_nucs_VxM[pred_BxN] == true_BxNxM) * real_BxNxM)

@@ -86,7 +86,7 @@ def make_train_step(cfg: Config, mesh: Mesh, token_nucs: np.ndarray | None = Non
     # Adam's moments and the schedule's step (lncRNA-Py skips such a step too).
     has_targets = sums["count"] > 0
     new_state = jax.tree.map(lambda new, old: jnp.where(has_targets, new, old), new_state, state)
-    return new_state, dict(sums, grad_norm=optax.global_norm(grads))
+    return new_state, dict(sums, grad_norm=optax.tree.norm(grads))
 
   return jax.jit(step, in_shardings=(replicated, rows, replicated),
                  out_shardings=(replicated, replicated), donate_argnums=0)

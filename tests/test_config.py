@@ -4,7 +4,8 @@ import os
 import pytest
 from absl import flags
 
-from nlm_jax import config
+from conftest import random_seqs, write_fasta
+from nlm_jax import bpe, config
 from nlm_jax.config import Config, UserError
 
 LAUNCH = os.path.join(os.path.dirname(__file__), "..", "launch")
@@ -82,7 +83,7 @@ def test_config_json_round_trip():
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(LAUNCH, "*.flags"))))
-def test_every_launch_file_parses_and_says_how_to_run_it(path):
+def test_every_launch_file_parses_and_says_how_to_run_it(path, tmp_path):
   with open(path) as f:
     lines = f.read().splitlines()
   header = [l for l in lines[:12] if l.startswith("#")]
@@ -91,8 +92,24 @@ def test_every_launch_file_parses_and_says_how_to_run_it(path):
   assert "Hardware" in text and "Expect" in text
   # absl keeps a trailing "# comment" as part of the value: none allowed.
   assert not [l for l in lines if l.startswith("--") and "#" in l]
-  cfg = parse("t.fa", "v.fa", f"--flagfile={path}")
-  assert cfg.exp_name
+  overrides = []
+  if "--encoding_method=bpe" in lines:  # the BPE file is fitted by the user: make one here
+    overrides = [f"--bpe_file={tmp_path / 'x.bpe'}"]
+    bpe.fit(write_fasta(tmp_path / "t.fa", random_seqs(20, 50, 200)), 30, str(tmp_path / "x.bpe"))
+  cfg = parse("t.fa", "v.fa", f"--flagfile={path}", *overrides)
+  assert cfg.exp_name.startswith(cfg.exp_prefix + "_" + cfg.encoding_method)
+
+
+def test_token_experiment_names():
+  """2.3: the examples of lncRNA-Py's encoding comparison."""
+  kw = ("--exp_prefix=MLM_EM", "--warmup_steps=32000")
+  assert parse("t.fa", "v.fa", *kw, "--encoding_method=kmer", "--k=3").exp_name == \
+      "MLM_EM_kmer_k3_dm768_N12_bs8_ws32000_cl768_d0"
+  assert parse("t.fa", "v.fa", *kw, "--encoding_method=nuc").exp_name == \
+      "MLM_EM_nuc_dm768_N12_bs8_ws32000_cl768_d0"
+  cfg = Config("t.fa", "v.fa", exp_prefix="MLM_EM", warmup_steps=32000, encoding_method="bpe",
+               bpe_file="x", bpe_vocab_size=4096)
+  assert cfg.exp_name == "MLM_EM_bpe_vs4096_dm768_N12_bs8_ws32000_cl768_d0"
 
 
 def test_conv_launch_file_has_the_published_settings():

@@ -1,0 +1,130 @@
+r"""Fits a sentencepiece BPE model on a FASTA file, for --encoding_method bpe.
+
+  python -m nlm_jax.bpe FASTA VOCAB_SIZE [--bpe_file F] [--data_dir D]
+
+The model has lncRNA-Py's special ids (MASK 0, CLS 1, SEP 2, PAD 3, UNK 4) and is
+written to F (default features/VOCAB_SIZE.bpe under --data_dir). Sequences are
+normalised as for pre-training (upper case, U -> T, other letters -> N); sequences
+longer than 10,000 nt are cut into 10,000-nt pieces (lncRNA-Py's trainer skipped them).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import sys
+import threading
+import time
+
+import numpy as np
+from absl import app
+from absl import flags
+
+from nlm_jax.config import UserError
+
+MAX_SENTENCE = 10_000
+
+_BPE_FILE = flags.DEFINE_string("bpe_file", "", "Output file (default features/VOCAB_SIZE.bpe).")
+_DATA_DIR = flags.DEFINE_string("data_dir", "", "Parent directory of FASTA and --bpe_file (empty: as given).")
+
+
+def _texts(path: str, counter: dict[str, int]):
+  import pyfastx
+
+  from nlm_jax import fasta as fasta_lib
+
+  letters = np.frombuffer(fasta_lib.ALPHABET.encode(), dtype=np.uint8)
+  for _, seq in pyfastx.Fastx(path, uppercase=False):
+    codes = fasta_lib.encode(seq)
+    counter["sequences"] += 1
+    counter["nucleotides"] += len(codes)
+    if counter["sequences"] % 10_000 == 0:
+      print(f"  read {counter['sequences']:,} sequences ({counter['nucleotides']:,} nt)", flush=True)
+    text = letters[codes].tobytes()
+    for start in range(0, len(text), MAX_SENTENCE):
+      yield text[start:start + MAX_SENTENCE].decode()
+
+
+def fit(fasta_path: str, vocab_size: int, out_path: str) -> int:
+  """Fits and writes the model; returns its vocabulary size."""
+  import sentencepiece as spm
+
+  from nlm_jax import fasta as fasta_lib
+
+  if vocab_size < 9:
+    raise UserError(f"VOCAB_SIZE {vocab_size} is too small: the 5 special tokens and the 4 "
+                    "nucleotides need at least 9 pieces.")
+  fa = fasta_lib.Fasta(fasta_path, "the")  # validates the file: one-line errors
+  del fa
+  if os.path.exists(out_path):
+    raise UserError(f"{out_path!r} already exists: choose another --bpe_file or delete it.")
+  folder = os.path.dirname(out_path) or "."
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"cannot create {folder!r} ({e.strerror}): choose a writable --bpe_file.") from None
+  if not os.access(folder, os.W_OK):
+    raise UserError(f"{folder!r} is not writable: choose a writable --bpe_file.")
+
+  counter = {"sequences": 0, "nucleotides": 0}
+  model = io.BytesIO()
+  done = threading.Event()
+  start = time.perf_counter()
+
+  def heartbeat():
+    while not done.wait(10):
+      print(f"  fitting BPE ({vocab_size} pieces): {time.perf_counter() - start:.0f} s", flush=True)
+
+  print(f"fitting a {vocab_size}-piece BPE model on {fasta_path}", flush=True)
+  threading.Thread(target=heartbeat, daemon=True).start()
+  try:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=_texts(fasta_path, counter), model_writer=model,
+        vocab_size=vocab_size, model_type="bpe", character_coverage=1.0,
+        max_sentence_length=MAX_SENTENCE, control_symbols=["MASK"], unk_id=4, bos_id=1,
+        eos_id=2, pad_id=3, add_dummy_prefix=False, minloglevel=2)
+  except RuntimeError as e:
+    message = str(e)
+    high = re.search(r"value <= (\d+)", message)
+    if high:
+      raise UserError(f"VOCAB_SIZE {vocab_size} is too large for {fasta_path!r}: this data "
+                      f"allows at most {high.group(1)}.") from None
+    low = re.search(r"required_chars\. (\d+) vs (\d+)", message)
+    if low:
+      raise UserError(f"VOCAB_SIZE {vocab_size} is too small for {fasta_path!r}: its letters and "
+                      f"the special tokens need at least {low.group(2)}.") from None
+    raise UserError(f"sentencepiece could not fit {fasta_path!r}: {message.splitlines()[0]}") from None
+  finally:
+    done.set()
+  tmp = out_path + ".tmp"
+  with open(tmp, "wb") as f:
+    f.write(model.getvalue())
+  os.replace(tmp, out_path)
+  sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+  print(f"wrote {out_path}: {sp.get_piece_size()} pieces from {counter['sequences']:,} sequences "
+        f"({counter['nucleotides']:,} nt) in {time.perf_counter() - start:.1f} s", flush=True)
+  return sp.get_piece_size()
+
+
+def main(argv: list[str]) -> None:
+  def fail(message):
+    print(f"nlm_jax.bpe: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+  if len(argv) != 3:
+    fail("expected FASTA and VOCAB_SIZE: python -m nlm_jax.bpe FASTA VOCAB_SIZE [--bpe_file F]")
+  try:
+    vocab_size = int(argv[2])
+  except ValueError:
+    fail(f"VOCAB_SIZE must be a whole number, got {argv[2]!r}.")
+  under = lambda p: os.path.join(_DATA_DIR.value, p) if _DATA_DIR.value else p
+  out = under(_BPE_FILE.value or os.path.join("features", f"{vocab_size}.bpe"))
+  try:
+    fit(under(argv[1]), vocab_size, out)
+  except UserError as e:
+    fail(str(e))
+
+
+if __name__ == "__main__":
+  app.run(main)
