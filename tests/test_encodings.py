@@ -11,6 +11,9 @@ from conftest import random_seqs, shared_path, write_fasta
 from nlm_jax import bpe, encodings, fasta as fasta_lib, model as model_lib, sampler, train
 from nlm_jax.config import Config
 
+# Whole runs use two of the eight fake devices: sharded, but without eight device threads
+# contending for two cores (XLA's CPU collectives then risk their 40 s rendezvous timeout).
+RUN_DEVICES = jax.devices()[:2]
 FIXTURE = "GTTAACTTGCCGTCAGCCTTTTCNTTGACCTCTTCTTTCTGTTCATGTGTATTTGCTGTC"
 
 
@@ -172,7 +175,7 @@ def test_bpe_fit_then_pretrain(tmp_path):
                bpe_vocab_size=40, d_model=32, N=1, h=2, context_length=16, batch_size=8,
                warmup_steps=4, n_samples_per_epoch=16, epochs=1, results_dir=str(tmp_path / "R"),
                model_dir=str(tmp_path / "M"))
-  rows = train.run(cfg)
+  rows = train.run(cfg, devices=RUN_DEVICES)
   assert np.isfinite(rows[0]["Loss|valid"]) and 0 <= rows[0]["NucAccuracy|valid"] <= 1
   assert cfg.exp_name == "MLM_bpe_vs40_dm32_N1_h2_bs8_ws4_cl16_d0"
 
@@ -184,3 +187,34 @@ def test_bpe_fit_refuses_to_overwrite(tmp_path):
   with pytest.raises(bpe.UserError, match="already exists"):
     bpe.fit(fa, 20, str(path))
   assert path.read_bytes() == b"keep"
+
+
+@pytest.fixture(scope="module")
+def motif_data(tmp_path_factory):
+  from nlm_jax import synthetic
+
+  folder = tmp_path_factory.mktemp("motifs")
+  train_fa, valid_fa = synthetic.write_demo(str(folder), n_train=800, n_valid=200)
+  bpe.fit(train_fa, 64, str(folder / "64.bpe"))
+  return folder, train_fa, valid_fa
+
+
+@pytest.mark.parametrize("kw", [dict(encoding_method="nuc"), dict(encoding_method="kmer", k=3),
+                                dict(encoding_method="bpe", bpe_vocab_size=64)])
+def test_each_token_encoding_learns_above_chance(motif_data, kw):
+  """Chance: always predicting the most frequent target token of the validation set."""
+  folder, train_fa, valid_fa = motif_data
+  name = kw["encoding_method"]
+  cfg = Config(train_fa, valid_fa, bpe_file=str(folder / "64.bpe"), d_model=64, N=2, h=4,
+               context_length=64, batch_size=16, warmup_steps=300, n_samples_per_epoch=2000,
+               epochs=3, results_dir=str(folder / f"R_{name}"), model_dir=str(folder / f"M_{name}"),
+               **kw)
+  rows = train.run(cfg, devices=RUN_DEVICES)
+  valid = sampler.eval_set(fasta_lib.Fasta(valid_fa), np.arange(200), sampler.encoding_for(cfg),
+                           seed=cfg.seed + 1)
+  targets = valid["targets"][valid["targets"] >= 0]
+  chance = np.bincount(targets).max() / len(targets)
+  last = rows[-1]
+  print(name, f"chance {chance:.3f}", last)
+  assert last["Accuracy|valid"] > chance + 0.05, (chance, rows)
+  assert last["Loss|valid"] < rows[0]["Loss|valid"]

@@ -11,6 +11,9 @@ from conftest import random_seqs, write_fasta
 from nlm_jax import checkpoint, fasta as fasta_lib, history, sampler, synthetic, train
 from nlm_jax.config import Config
 
+# Whole runs use two of the eight fake devices: sharded, but without eight device threads
+# contending for two cores (XLA's CPU collectives then risk their 40 s rendezvous timeout).
+RUN_DEVICES = jax.devices()[:2]
 TINY = dict(d_model=32, n_kernels=32, N=2, h=4, kernel_size=3, context_length=16, batch_size=8,
             warmup_steps=4, n_samples_per_epoch=32, encoder_dropout=0.0)
 
@@ -102,7 +105,7 @@ def test_batch_without_targets_changes_nothing(tmp_path):
 
 def test_run_writes_history_and_best_checkpoint_that_restores(tmp_path):
   cfg = tiny(tmp_path, epochs=3, results_dir=str(tmp_path / "R"), model_dir=str(tmp_path / "M"))
-  rows = train.run(cfg)
+  rows = train.run(cfg, devices=RUN_DEVICES)
   assert len(rows) == 3
   csv = os.path.join(cfg.results_path, "history.csv")
   for written, row in zip(history.read_csv(csv), rows, strict=True):
@@ -116,7 +119,7 @@ def test_run_writes_history_and_best_checkpoint_that_restores(tmp_path):
   restored_cfg, params = checkpoint.restore(cfg.checkpoint_path)
   assert restored_cfg == cfg
   best = max(rows, key=lambda r: r["Accuracy|valid"])
-  mesh = train.make_mesh()
+  mesh = train.make_mesh(RUN_DEVICES)
   valid_fa = fasta_lib.Fasta(cfg.valid_path)
   encoding = sampler.ConvEncoding(cfg)
   valid = sampler.eval_set(valid_fa, sampler.eval_indices(len(valid_fa), cfg.n_eval, 42), encoding,
@@ -128,8 +131,10 @@ def test_run_writes_history_and_best_checkpoint_that_restores(tmp_path):
 
 
 def test_same_seed_same_history(tmp_path):
-  a = train.run(tiny(tmp_path, epochs=2, results_dir=str(tmp_path / "R1"), model_dir=str(tmp_path / "M1")))
-  b = train.run(tiny(tmp_path, epochs=2, results_dir=str(tmp_path / "R2"), model_dir=str(tmp_path / "M2")))
+  a = train.run(tiny(tmp_path, epochs=2, results_dir=str(tmp_path / "R1"), model_dir=str(tmp_path / "M1")),
+                devices=RUN_DEVICES)
+  b = train.run(tiny(tmp_path, epochs=2, results_dir=str(tmp_path / "R2"), model_dir=str(tmp_path / "M2")),
+                devices=RUN_DEVICES)
   assert a == b
 
 
