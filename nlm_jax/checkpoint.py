@@ -1,23 +1,33 @@
-"""Checkpoints with orbax: the best-Accuracy|valid checkpoint and the latest one,
-kept by one preservation policy, with the config stored beside them as config.json.
+"""Checkpoints with orbax: one folder per experiment, one preservation policy that keeps
+the best-Accuracy|valid checkpoint and the latest (resume) checkpoint.
 
 model_dir/exp_name/
-  config.json       the run's Config: enough to rebuild the model
-  <step>/           orbax steps: params, opt_state, meta (epoch, history), metrics
+  config.json       the run's Config: enough to rebuild the model and to resume
+  <batch>/          orbax steps, numbered by completed batches: params, opt_state,
+                    meta (epoch, step in epoch, best, history) and metrics
+
+Every checkpoint holds the full training state, so the best one can be resumed from as
+well as the latest. Saves inside an epoch carry the metric -1, so only epoch-end
+checkpoints compete for "best". Orbax writes each step to a temporary folder and
+renames it when complete: a killed save leaves no half checkpoint behind.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
 from nlm_jax.config import Config, UserError
 
 METRIC = "Accuracy|valid"
+NO_METRIC = -1.0  # saves inside an epoch: never "best"
 CONFIG_FILE = "config.json"
 
 
@@ -37,41 +47,38 @@ def _manager(path: str, read_only: bool = False) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(os.path.abspath(path), options=options)
 
 
-def holds_checkpoint(path: str) -> bool:
-  return os.path.isdir(path) and any(
-      name.isdigit() or name == CONFIG_FILE for name in os.listdir(path))
+def _steps(path: str) -> list[int]:
+  return sorted(int(n) for n in os.listdir(path) if n.isdigit()) if os.path.isdir(path) else []
 
 
-class Checkpointer:
-  """Saves after every epoch; orbax keeps the latest and the best checkpoint."""
+def _json_damage(step_dir: str) -> str | None:
+  """What is wrong with a step folder's small JSON files (orbax reads them all when it
+  opens the folder and fails on one damaged file), or None."""
+  names = ["_CHECKPOINT_METADATA", os.path.join("metrics", "metrics"), os.path.join("meta", "metadata")]
+  names += [os.path.join(item, n) for item in ("params", "opt_state", "step")
+            for n in ("_METADATA", "_sharding")]
+  for name in names:
+    file = os.path.join(step_dir, name)
+    if not os.path.exists(file):
+      continue
+    try:
+      with open(file) as f:
+        json.load(f)
+    except (ValueError, OSError) as e:
+      return f"{name}: {e}"
+  return None
 
-  def __init__(self, path: str, cfg: Config):
-    if holds_checkpoint(path):
-      raise UserError(f"model folder {path!r} already holds a checkpoint of an earlier run: "
-                      "move or delete it, or choose another --exp_prefix or --model_dir.")
-    self.path = path
-    self.is_writer = jax.process_index() == 0
-    if self.is_writer:
-      os.makedirs(path, exist_ok=True)
-      tmp = os.path.join(path, CONFIG_FILE + ".tmp")
-      with open(tmp, "w") as f:
-        f.write(cfg.to_json())
-      os.replace(tmp, os.path.join(path, CONFIG_FILE))
-    self._manager = _manager(path)
 
-  def save(self, step: int, params: Any, opt_state: Any, meta: dict[str, Any],
-           metrics: dict[str, float]) -> None:
-    """Asynchronous: returns once the arrays are copied; orbax writes in the background."""
-    self._manager.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
-        meta=ocp.args.JsonSave(meta)), metrics=metrics)
-
-  def best_step(self) -> int | None:
-    return self._manager.best_step()
-
-  def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+def _set_aside_damaged(path: str) -> None:
+  """Moves step folders with damaged JSON next to the model folder (nothing is deleted)."""
+  for step in _steps(path):
+    damage = _json_damage(os.path.join(path, str(step)))
+    if damage:
+      aside = f"{path}.damaged-{step}"
+      if jax.process_index() == 0:
+        os.rename(os.path.join(path, str(step)), aside)
+      logging.warning("checkpoint %s/%d cannot be read (%s); set aside as %s, trying the one "
+                      "before it", path, step, damage, aside)
 
 
 def load_config(path: str) -> Config:
@@ -83,7 +90,84 @@ def load_config(path: str) -> Config:
     with open(config_path) as f:
       return Config.from_json(f.read())
   except (ValueError, TypeError) as e:
-    raise UserError(f"{config_path!r} cannot be read ({e}): restore it from the run that wrote it.") from None
+    raise UserError(f"{config_path!r} cannot be read ({e}): restore it from the run that wrote "
+                    "it, or start anew with --fresh.") from None
+
+
+def _write_config(path: str, cfg: Config) -> None:
+  tmp = os.path.join(path, CONFIG_FILE + ".tmp")
+  with open(tmp, "w") as f:
+    f.write(cfg.to_json())
+  os.replace(tmp, os.path.join(path, CONFIG_FILE))
+
+
+class Checkpointer:
+  """Opens the experiment's model folder: anew, or to resume the same configuration."""
+
+  def __init__(self, path: str, cfg: Config):
+    self.path = path
+    self.is_writer = jax.process_index() == 0
+    exists = os.path.isdir(path) and bool(os.listdir(path))
+    if exists and cfg.fresh:
+      aside = f"{path}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+      if self.is_writer:
+        os.rename(path, aside)
+      logging.info("--fresh: the earlier run's folder is kept as %s", aside)
+      exists = False
+    self.resuming = exists
+    if exists:
+      old = load_config(path)
+      diff = cfg.differences(old)
+      if diff:
+        changes = ", ".join(f"--{k} {getattr(old, k)!r} -> {getattr(cfg, k)!r}" for k in diff)
+        raise UserError(f"model folder {path!r} holds a run with other settings ({changes}): "
+                        "rerun with its settings to resume, add --fresh to start anew (the old "
+                        "folder is kept), or choose another --exp_prefix or --model_dir.")
+    if self.is_writer:
+      os.makedirs(path, exist_ok=True)
+      _write_config(path, cfg)  # a resumed run may have changed --epochs
+      _set_aside_damaged(path)
+    self._manager = _manager(path)
+
+  def save(self, batch: int, state: Any, meta: dict[str, Any], metric: float) -> None:
+    """Asynchronous: returns once the arrays are copied; orbax writes in the background.
+    `batch` counts completed batches; a second save of the same batch is skipped."""
+    if batch in self._manager.all_steps():
+      return
+    self._manager.save(batch, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(state.params),
+        opt_state=ocp.args.StandardSave(state.opt_state),
+        step=ocp.args.StandardSave({"step": state.step}),
+        meta=ocp.args.JsonSave(meta)), metrics={METRIC: metric})
+
+  def restore_latest(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
+    """(state, meta) of the newest checkpoint that reads back whole, or None if there is
+    none; a damaged newest checkpoint is reported and the one before it is used."""
+    for batch in reversed(self._manager.all_steps()):
+      try:
+        restored = self._manager.restore(batch, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(abstract_state.params),
+            opt_state=ocp.args.StandardRestore(abstract_state.opt_state),
+            step=ocp.args.StandardRestore({"step": abstract_state.step}),
+            meta=ocp.args.JsonRestore()))
+      except Exception as e:  # orbax/tensorstore raise many types for damaged files
+        logging.warning("checkpoint %s/%d cannot be read (%s); trying the one before it",
+                        self.path, batch, str(e).splitlines()[0][:200])
+        continue
+      state = abstract_state.replace(params=restored["params"], opt_state=restored["opt_state"],
+                                     step=restored["step"]["step"])
+      return state, restored["meta"]
+    if self._manager.all_steps():
+      raise UserError(f"no checkpoint in {self.path!r} can be read: start anew with --fresh (the "
+                      "damaged folder is kept).")
+    return None
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
 
 
 def restore(path: str) -> tuple[Config, Any]:
@@ -99,3 +183,8 @@ def restore(path: str) -> tuple[Config, Any]:
       params=ocp.args.StandardRestore(train.abstract_params(cfg))))
   manager.close()
   return cfg, restored["params"]
+
+
+def holds_checkpoint(path: str) -> bool:
+  return bool(_steps(path))
+

@@ -15,7 +15,10 @@ from absl import flags
 
 ENCODINGS = ("conv", "bpe", "kmer", "nuc")
 TOKEN_ENCODINGS = ("bpe", "kmer", "nuc")
-PRECISIONS = ("fp32",)
+PRECISIONS = ("auto", "fp32", "bf16")
+ATTENTIONS = ("auto", "xla", "cudnn", "reference")
+# Fields a resumed run may change (more epochs, other save cadence) without starting anew.
+RESUMABLE = ("epochs", "checkpoint_every_steps", "fresh")
 MAX_TOKEN_PARAMS = 1_000_000_000  # embedding + output layer: beyond this --k is refused
 
 
@@ -71,6 +74,30 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       "masked-convolution output layer.", **d)
   flags.DEFINE_boolean("output_relu", False, "Adds a ReLU activation of embeddings before the masked-convolution output layer.", **d)
   flags.DEFINE_integer("seed", 0, "Seed of every random draw (data order, windows, masks, initialisation, dropout).", **d)
+  flags.DEFINE_enum(
+      "attention", "auto", ATTENTIONS,
+      "Attention implementation: auto (cuDNN's fused kernel on GPUs that have it, XLA "
+      "elsewhere), xla, cudnn, or reference (the plain formula, for checking).", **d)
+  flags.DEFINE_enum(
+      "precision", "auto", PRECISIONS,
+      "Compute dtype: bf16 (parameters, optimizer state, softmax and loss stay float32) or "
+      "fp32; auto is bf16 on GPU/TPU and fp32 on CPU.", **d)
+  flags.DEFINE_integer(
+      "checkpoint_every_steps", 500,
+      "Also save the resume checkpoint every this many steps inside an epoch (0: only after "
+      "each epoch and on SIGTERM).", **d)
+  flags.DEFINE_boolean(
+      "fresh", False,
+      "Start anew although model_dir/exp_name holds a checkpoint: the old folder is kept, "
+      "renamed with a .replaced-<time> suffix.", **d)
+  # Runtime flags (not part of the Config): multi-host set-up.
+  flags.DEFINE_boolean(
+      "distributed", False,
+      "Call jax.distributed.initialize() first, for multi-host TPU VMs and GPU clusters "
+      "(arguments detected on TPU, Slurm and Open MPI; else give the three flags below).", **d)
+  flags.DEFINE_string("coordinator_address", None, "With --distributed: host:port of process 0.", **d)
+  flags.DEFINE_integer("num_processes", None, "With --distributed: the number of processes.", **d)
+  flags.DEFINE_integer("process_id", None, "With --distributed: this process's index.", **d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +135,10 @@ class Config:
   no_output_linear: bool = False
   output_relu: bool = False
   seed: int = 0
+  precision: str = "auto"
+  attention: str = "auto"
+  checkpoint_every_steps: int = 500
+  fresh: bool = False
   # Not flags of the contract: fixed by lncRNA-Py, kept visible here.
   bpe_vocab_size: int | None = None  # read from --bpe_file by from_flags
   encoder_dropout: float = 0.1  # inside the encoder (the original's BERT default)
@@ -214,6 +245,8 @@ class Config:
     for name in positive:
       if getattr(self, name) < 1:
         raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}.")
+    if self.checkpoint_every_steps < 0:
+      raise UserError(f"--checkpoint_every_steps must be 0 or more, got {self.checkpoint_every_steps}.")
     if self.warmup_steps < 0:
       raise UserError(f"--warmup_steps must be 0 or more, got {self.warmup_steps}.")
     for name in ("d_ff", "h"):
@@ -253,9 +286,16 @@ class Config:
     elif self.encoding_method == "bpe" and not self.bpe_file:
       raise UserError("--encoding_method bpe needs --bpe_file: pass a sentencepiece model, e.g. one "
                       "fitted with python -m nlm_jax.bpe FASTA VOCAB_SIZE.")
+    if self.precision not in PRECISIONS:
+      raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
     if not self.exp_prefix or os.sep in self.exp_prefix:
       raise UserError(f"--exp_prefix must be a non-empty name without '{os.sep}', got {self.exp_prefix!r}.")
     return self
+
+  def differences(self, other: "Config") -> list[str]:
+    """Flags whose values differ, except those a resumed run may change."""
+    a, b = dataclasses.asdict(self), dataclasses.asdict(other)
+    return [k for k in a if k not in RESUMABLE and a[k] != b.get(k)]
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

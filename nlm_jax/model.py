@@ -33,11 +33,37 @@ def uniform(bound: float) -> nn.initializers.Initializer:
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-def torch_dense(features: int, fan_in: int, name: str | None = None, glorot: bool = True,
-                use_bias: bool = True) -> nn.Dense:
+def torch_dense(features: int, fan_in: int, dtype: jnp.dtype, name: str | None = None,
+                glorot: bool = True) -> nn.Dense:
+  """A dense layer with float32 parameters computing in `dtype`."""
   bound = 1 / math.sqrt(fan_in)
   return nn.Dense(features, kernel_init=xavier if glorot else uniform(bound),
-                  bias_init=uniform(bound), use_bias=use_bias, name=name)
+                  bias_init=uniform(bound), dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+def compute_dtype(cfg: Config) -> jnp.dtype:
+  return jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32
+
+
+def attention(q_BxLxHxE: jax.Array, k_BxLxHxE: jax.Array, v_BxLxHxE: jax.Array,
+              lengths_B: jax.Array, implementation: str) -> jax.Array:
+  """Softmax attention over the first lengths_B keys of each row (padding is at the end).
+
+  "reference" is the plain formula; the others go through jax.nn.dot_product_attention
+  ("auto": cuDNN's fused kernel where it applies, XLA elsewhere). Logits and softmax are
+  float32 in every path.
+  """
+  if implementation != "reference":
+    return jax.nn.dot_product_attention(
+        q_BxLxHxE, k_BxLxHxE, v_BxLxHxE, key_value_seq_lengths=lengths_B.astype(jnp.int32),
+        implementation=None if implementation == "auto" else implementation)
+  scale = 1 / math.sqrt(q_BxLxHxE.shape[-1])
+  logits_BxHxLxL = jnp.einsum("bqhe,bkhe->bhqk", q_BxLxHxE, k_BxLxHxE,
+                              preferred_element_type=jnp.float32) * scale
+  keys_BxL = jnp.arange(k_BxLxHxE.shape[1])[None, :] < lengths_B[:, None]
+  logits_BxHxLxL = jnp.where(keys_BxL[:, None, None, :], logits_BxHxLxL, -1e9)
+  probs = jax.nn.softmax(logits_BxHxLxL, axis=-1).astype(v_BxLxHxE.dtype)
+  return jnp.einsum("bhqk,bkhe->bqhe", probs, v_BxLxHxE)
 
 
 def sinusoidal(length: int, d: int) -> np.ndarray:
@@ -54,20 +80,21 @@ class EncoderBlock(nn.Module):
   cfg: Config
 
   @nn.compact
-  def __call__(self, x_BxLxD: jax.Array, mask_BxL: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x_BxLxD: jax.Array, lengths_B: jax.Array, train: bool) -> jax.Array:
     cfg = self.cfg
-    d, h = cfg.d_model, cfg.n_heads
+    d, h, dtype = cfg.d_model, cfg.n_heads, compute_dtype(cfg)
     drop = nn.Dropout(cfg.encoder_dropout, deterministic=not train)
-    y = nn.LayerNorm(epsilon=1e-5)(x_BxLxD)
-    q, k, v = (torch_dense(d, d, name=n)(y).reshape(*y.shape[:2], h, d // h) for n in "qkv")
+    y = nn.LayerNorm(epsilon=1e-5, dtype=dtype)(x_BxLxD)
+    q, k, v = (torch_dense(d, d, dtype, name=n)(y).reshape(*y.shape[:2], h, d // h)
+               for n in "qkv")
     # The padding mask concerns keys only. No dropout on attention probabilities (the
     # original has 0.1 there): fused attention kernels have none.
-    y_BxLxHxE = jax.nn.dot_product_attention(q, k, v, mask=mask_BxL[:, None, None, :])
-    y = torch_dense(d, d, name="o")(y_BxLxHxE.reshape(y.shape))
+    y_BxLxHxE = attention(q, k, v, lengths_B, cfg.attention)
+    y = torch_dense(d, d, dtype, name="o")(y_BxLxHxE.reshape(y.shape))
     x_BxLxD = x_BxLxD + drop(y)
-    y = nn.LayerNorm(epsilon=1e-5)(x_BxLxD)
-    y_BxLxF = nn.relu(torch_dense(cfg.ff_dim, d, name="ff_in")(y))
-    y = torch_dense(d, cfg.ff_dim, name="ff_out")(drop(y_BxLxF))
+    y = nn.LayerNorm(epsilon=1e-5, dtype=dtype)(x_BxLxD)
+    y_BxLxF = nn.relu(torch_dense(cfg.ff_dim, d, dtype, name="ff_in")(y))
+    y = torch_dense(d, cfg.ff_dim, dtype, name="ff_out")(drop(y_BxLxF))
     return x_BxLxD + drop(y)
 
 
@@ -76,43 +103,46 @@ class Encoder(nn.Module):
   cfg: Config
 
   @nn.compact
-  def __call__(self, x_BxLxD: jax.Array, mask_BxL: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x_BxLxD: jax.Array, lengths_B: jax.Array, train: bool) -> jax.Array:
+    """lengths_B: positions (CLS included) that keys may come from; padding follows."""
     cfg = self.cfg
-    x_BxLxD = x_BxLxD * math.sqrt(cfg.d_model) + sinusoidal(x_BxLxD.shape[1], cfg.d_model)
+    dtype = compute_dtype(cfg)
+    pe_LxD = sinusoidal(x_BxLxD.shape[1], cfg.d_model)
+    x_BxLxD = (x_BxLxD * math.sqrt(cfg.d_model) + pe_LxD).astype(dtype)
     x_BxLxD = nn.Dropout(cfg.encoder_dropout, deterministic=not train)(x_BxLxD)
     for i in range(cfg.N):
-      x_BxLxD = EncoderBlock(cfg, name=f"block_{i}")(x_BxLxD, mask_BxL, train)
-    return nn.LayerNorm(epsilon=1e-5, name="final_norm")(x_BxLxD)
+      x_BxLxD = EncoderBlock(cfg, name=f"block_{i}")(x_BxLxD, lengths_B, train)
+    return nn.LayerNorm(epsilon=1e-5, dtype=dtype, name="final_norm")(x_BxLxD)
 
 
 class ConvStem(nn.Module):
   """Stride = kernel = kernel_size convolution over one-hot nucleotides, a learned
-  CLS vector in front. Returns the embeddings and the attention (key) mask."""
+  CLS vector in front. Returns the embeddings and the attended length of each row."""
   cfg: Config
 
   @nn.compact
   def __call__(self, codes_BxN: jax.Array) -> tuple[jax.Array, jax.Array]:
     cfg = self.cfg
-    ks, nk, d = cfg.kernel_size, cfg.n_kernels, cfg.d_model
+    ks, nk, d, dtype = cfg.kernel_size, cfg.n_kernels, cfg.d_model, compute_dtype(cfg)
     b, n = codes_BxN.shape
     n_pos = n // ks
-    x_BxNx4 = jnp.asarray(ONE_HOT)[codes_BxN[:, :n_pos * ks]]
+    x_BxNx4 = jnp.asarray(ONE_HOT, dtype)[codes_BxN[:, :n_pos * ks]]
     # Each window of ks nucleotides x 4 channels is one input vector of the conv.
     x = x_BxNx4.reshape(b, n_pos, ks * 4)
     conv_bound = math.sqrt(6 / (4 * ks + nk * ks))  # Glorot with PyTorch's conv fans
-    x_BxL1xK = nn.Dense(nk, kernel_init=uniform(conv_bound),
-                        bias_init=uniform(1 / math.sqrt(4 * ks)), name="conv")(x)
+    x_BxL1xK = nn.Dense(nk, kernel_init=uniform(conv_bound), bias_init=uniform(1 / math.sqrt(4 * ks)),
+                        dtype=dtype, param_dtype=jnp.float32, name="conv")(x)
     if not cfg.no_input_relu:
       x_BxL1xK = nn.relu(x_BxL1xK)
-    x_BxL1xD = torch_dense(d, nk, name="input_linear")(x_BxL1xK) if cfg.use_input_linear else x_BxL1xK
-    cls = self.param("cls", uniform(math.sqrt(3 / d)), (1, 1, d))
+    x_BxL1xD = x_BxL1xK
+    if cfg.use_input_linear:
+      x_BxL1xD = torch_dense(d, nk, dtype, name="input_linear")(x_BxL1xK)
+    cls = self.param("cls", uniform(math.sqrt(3 / d)), (1, 1, d)).astype(dtype)
     x_BxLxD = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, d)), x_BxL1xD], axis=1)
     # CLS and every window holding a nucleotide attend; a partial last window too
     # (the original masks it, so sequences shorter than a kernel saw only CLS).
     n_real_B = jnp.sum(codes_BxN != PAD_CODE, axis=1)
-    n_windows_B = -(-n_real_B // ks)
-    mask_BxL = jnp.arange(n_pos + 1)[None, :] <= n_windows_B[:, None]
-    return x_BxLxD, mask_BxL
+    return x_BxLxD, 1 + jnp.minimum(-(-n_real_B // ks), n_pos)
 
 
 class ConvHead(nn.Module):
@@ -124,16 +154,17 @@ class ConvHead(nn.Module):
   @nn.compact
   def __call__(self, y_BxLxD: jax.Array, train: bool) -> jax.Array:
     cfg = self.cfg
-    ks = cfg.kernel_size
+    ks, dtype = cfg.kernel_size, compute_dtype(cfg)
     y = nn.Dropout(cfg.dropout, deterministic=not train)(y_BxLxD[:, 1:])
     if not cfg.no_output_linear:
-      y = torch_dense(cfg.n_kernels, cfg.d_model, name="output_linear", glorot=False)(y)
+      y = torch_dense(cfg.n_kernels, cfg.d_model, dtype, name="output_linear", glorot=False)(y)
     if cfg.output_relu:
       y = nn.relu(y)
     # Input width: n_kernels after the output linear, d_model without it (lncRNA-Py
     # swaps the two, which only works when they are equal).
     bound = 1 / math.sqrt(4 * ks)
-    y = nn.Dense(ks * 4, use_bias=False, kernel_init=uniform(bound), name="deconv")(y)
+    y = nn.Dense(ks * 4, use_bias=False, kernel_init=uniform(bound), dtype=dtype,
+                 param_dtype=jnp.float32, name="deconv")(y)
     bias = self.param("deconv_bias", uniform(bound), (4,))
     b, l1 = y.shape[:2]
     return y.reshape(b, l1 * ks, 4) + bias
@@ -149,9 +180,9 @@ class ConvBERT(nn.Module):
     self.head = ConvHead(self.cfg)
 
   def embed(self, codes_BxN: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
-    """Encoder output (B, L, D) and its attention mask (B, L)."""
-    x_BxLxD, mask_BxL = self.stem(codes_BxN)
-    return self.encoder(x_BxLxD, mask_BxL, train), mask_BxL
+    """Encoder output (B, L, D) and the attended length of each row (B,)."""
+    x_BxLxD, lengths_B = self.stem(codes_BxN)
+    return self.encoder(x_BxLxD, lengths_B, train), lengths_B
 
   def __call__(self, codes_BxN: jax.Array, train: bool = False) -> jax.Array:
     y_BxLxD, _ = self.embed(codes_BxN, train)
@@ -164,15 +195,18 @@ class TokenBERT(nn.Module):
 
   def setup(self):
     cfg = self.cfg
-    self.embedding = nn.Embed(cfg.vocab_size, cfg.d_model, embedding_init=xavier)
+    dtype = compute_dtype(cfg)
+    self.embedding = nn.Embed(cfg.vocab_size, cfg.d_model, embedding_init=xavier, dtype=dtype,
+                              param_dtype=jnp.float32)
     self.encoder = Encoder(cfg)
     self.head_dropout = nn.Dropout(cfg.dropout)
-    self.mlm = torch_dense(cfg.vocab_size, cfg.d_model, glorot=False)
+    self.mlm = torch_dense(cfg.vocab_size, cfg.d_model, dtype, glorot=False)
 
   def embed(self, ids_BxL: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
-    """Encoder output (B, L, D) and its attention mask (B, L): every token but PAD."""
-    mask_BxL = ids_BxL != PAD_ID
-    return self.encoder(self.embedding(ids_BxL), mask_BxL, train), mask_BxL
+    """Encoder output (B, L, D) and the attended length of each row (B,): the tokens
+    before the first PAD (tokenizers put padding at the end only)."""
+    lengths_B = jnp.sum(ids_BxL != PAD_ID, axis=1)
+    return self.encoder(self.embedding(ids_BxL), lengths_B, train), lengths_B
 
   def __call__(self, ids_BxL: jax.Array, train: bool = False) -> jax.Array:
     y_BxLxD, _ = self.embed(ids_BxL, train)

@@ -38,11 +38,19 @@ def main(argv: list[str]) -> None:
     cfg = config.from_flags(FLAGS, argv[1:])
     from nlm_jax import train  # after validation: importing JAX takes a second or two
 
+    if FLAGS.distributed:
+      train.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                   FLAGS.process_id)
+
     # Progress lines from nlm_jax; from the libraries (orbax is chatty) warnings only.
     absl_logging.get_absl_handler().addFilter(
         lambda r: r.levelno >= logging.WARNING or "nlm_jax" in r.pathname)
 
-    train.run(cfg)
+    try:
+      train.run(cfg)
+    except train.Stopped as e:
+      print(f"nlm_jax.pretrain: {e}", file=sys.stderr)
+      sys.exit(3)
   except config.UserError as e:
     fail(str(e))
 

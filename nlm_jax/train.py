@@ -4,9 +4,13 @@ loop that ties the host data to them. The only module that knows both data and m
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import queue
+import signal
+import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +31,19 @@ from nlm_jax.config import Config, UserError
 EVAL_ROWS = 64  # evaluation batches hold at least this many rows: fewer, larger steps
 
 TrainState = train_state.TrainState
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None, process_id: int | None = None) -> None:
+  """jax.distributed.initialize before any computation; arguments left None are detected
+  (TPU VMs, Slurm, Open MPI). On CPU, hosts talk through gloo."""
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  try:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  except (RuntimeError, ValueError) as e:
+    raise UserError(f"jax.distributed.initialize failed ({str(e).splitlines()[0][:200]}): on a "
+                    "TPU VM run on every worker; elsewhere give --coordinator_address, "
+                    "--num_processes and --process_id.") from None
 
 
 def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
@@ -82,11 +99,13 @@ def make_train_step(cfg: Config, mesh: Mesh, token_nucs: np.ndarray | None = Non
 
     (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state = state.apply_gradients(grads=grads)
-    # A batch without any selected position leaves everything as it was: parameters,
-    # Adam's moments and the schedule's step (lncRNA-Py skips such a step too).
-    has_targets = sums["count"] > 0
-    new_state = jax.tree.map(lambda new, old: jnp.where(has_targets, new, old), new_state, state)
-    return new_state, dict(sums, grad_norm=optax.tree.norm(grads))
+    # A batch without any selected position, or with a non-finite loss or gradient, leaves
+    # everything as it was: parameters, Adam's moments and the schedule's step (lncRNA-Py
+    # skips the first kind too). The loop stops on the second.
+    grad_norm = optax.tree.norm(grads)
+    ok = (sums["count"] > 0) & jnp.isfinite(sums["train_sum"]) & jnp.isfinite(grad_norm)
+    new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
+    return new_state, dict(sums, grad_norm=grad_norm)
 
   return jax.jit(step, in_shardings=(replicated, rows, replicated),
                  out_shardings=(replicated, replicated), donate_argnums=0)
@@ -156,10 +175,73 @@ def _duration(seconds: float) -> str:
   return f"{h}:{m:02d}:{s:02d}"
 
 
+class Stopped(Exception):
+  """The run stopped early (SIGTERM or a non-finite loss); the message says why and what next."""
+
+
+def matmul_peak_flops(dtype: jnp.dtype, device: jax.Device | None = None) -> float:
+  """FLOP/s of a large jitted matmul in `dtype` on one device: the practical peak."""
+  device = device or jax.devices()[0]
+  n = 2048 if device.platform == "cpu" else 8192
+  a = jax.device_put(jnp.ones((n, n), dtype), device)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  best = np.inf
+  for _ in range(3):
+    t = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * n ** 3 / best
+
+
+def step_flops(compiled: Any) -> float:
+  """FLOPs of one call of a compiled program (one device's share), from XLA's cost model."""
+  costs = compiled.cost_analysis()
+  costs = costs[0] if isinstance(costs, (list, tuple)) else costs
+  return float((costs or {}).get("flops", 0.0))
+
+
+def prefetch(batches: Iterator[sampler_lib.Batch], depth: int = 4) -> Iterator[sampler_lib.Batch]:
+  """Samples ahead in a background thread, at most `depth` batches, so the step loop
+  does not wait on the host. The thread owns the sampler (and its pyfastx handle)."""
+  q: queue.Queue = queue.Queue(maxsize=depth)
+  done = object()
+  stop = threading.Event()
+
+  def work():
+    try:
+      for b in batches:
+        while not stop.is_set():
+          try:
+            q.put(b, timeout=0.1)
+            break
+          except queue.Full:
+            pass
+        if stop.is_set():
+          return
+      q.put(done)
+    except BaseException as e:  # handed to the consumer
+      q.put(e)
+
+  thread = threading.Thread(target=work, daemon=True, name="sampler")
+  thread.start()
+  try:
+    while (item := q.get()) is not done:
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()
+
+
 def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, float]]:
-  """Pre-trains as `cfg` says; returns the history (one row per epoch)."""
+  """Pre-trains as `cfg` says, resuming from model_dir/exp_name when it holds a checkpoint
+  of the same configuration; returns the history (one row per epoch)."""
   mesh = make_mesh(devices)
   n_devices = mesh.devices.size
+  platform = mesh.devices.flat[0].platform
+  if cfg.precision == "auto":  # bf16 where the matrix units are built for it
+    cfg = dataclasses.replace(cfg, precision="fp32" if platform == "cpu" else "bf16")
   if cfg.batch_size % n_devices:
     raise UserError(f"--batch_size {cfg.batch_size} is not divisible by the {n_devices} devices: "
                     f"use a multiple of {n_devices}.")
@@ -173,8 +255,8 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
   if writer:
     os.makedirs(cfg.results_path, exist_ok=True)
 
-  logging.info("process %d of %d, %d devices (%s); experiment %s", jax.process_index(),
-               jax.process_count(), n_devices, mesh.devices.flat[0].platform, cfg.exp_name)
+  logging.info("process %d of %d, %d devices (%s), %s; experiment %s", jax.process_index(),
+               jax.process_count(), n_devices, platform, cfg.precision, cfg.exp_name)
   logging.info("training on %d sequences of %s, validating on %d of %s", len(train_fa),
                cfg.train_path, min(cfg.n_eval, len(valid_fa)), cfg.valid_path)
 
@@ -190,48 +272,135 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
 
   init_key, dropout_key = jax.random.split(jax.random.key(cfg.seed))
   state = init_state(cfg, mesh, init_key)
+  rows: list[dict[str, float]] = []
+  best, first_epoch, first_step = -np.inf, 0, 0
+  if checkpointer.resuming:
+    restored = checkpointer.restore_latest(state)
+    if restored is not None:
+      state, meta = restored
+      rows, best = meta["history"], meta["best"]
+      first_epoch, first_step = meta["epoch"], meta["step"]
+      logging.info("resuming %s from epoch %d, step %d", cfg.checkpoint_path, first_epoch + 1,
+                   first_step)
+  if first_epoch >= cfg.epochs:
+    logging.info("%s already holds all %d epochs: nothing to do (raise --epochs to go on)",
+                 cfg.checkpoint_path, cfg.epochs)
+    checkpointer.close()
+    return rows
+
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   sampler = sampler_lib.TrainSampler(train_fa, cfg, encoding, jax.process_index(),
                                      jax.process_count())
+  spe = sampler.steps_per_epoch
   t0 = time.perf_counter()
-  batch = to_device(sampler.batch(0, 0), mesh)
   train_step = make_train_step(cfg, mesh, encoding.token_nucs).lower(
-      state, batch, dropout_key).compile()
+      state, to_device(encoding.empty_rows(cfg.batch_size // jax.process_count()), mesh),
+      dropout_key).compile()
   eval_step = make_eval_step(cfg, mesh, encoding.token_nucs)
-  logging.info("%s parameters; train step compiled in %.1f s; %d steps per epoch",
-               f"{n_params:,}", time.perf_counter() - t0, sampler.steps_per_epoch)
+  flops = step_flops(train_step)
+  peak = matmul_peak_flops(model_lib.compute_dtype(cfg), mesh.devices.flat[0])
+  logging.info("%s parameters; train step compiled in %.1f s; %d steps per epoch; %.3g FLOP "
+               "per step and device, matmul peak %.3g FLOP/s", f"{n_params:,}",
+               time.perf_counter() - t0, spe, flops, peak)
+  tb = None
+  if writer:
+    from tensorboardX import SummaryWriter  # event files next to history.csv
 
-  rows: list[dict[str, float]] = []
-  best = -np.inf
+    tb = SummaryWriter(cfg.results_path)
+  schedule = optim.lr_schedule(cfg.d_model, cfg.warmup_steps)
+
+  def all_batches():
+    for epoch in range(first_epoch, cfg.epochs):
+      yield from sampler.epoch(epoch, first_step if epoch == first_epoch else 0)
+
+  def meta(epoch: int, step: int) -> dict[str, Any]:
+    return {"epoch": epoch, "step": step, "best": best, "history": rows}
+
+  preempted = threading.Event()
+  old_handler = None
+  if threading.current_thread() is threading.main_thread():
+    old_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.set())
+  stream = prefetch(all_batches())
   run_start = time.perf_counter()
-  for epoch in range(cfg.epochs):
-    epoch_start = time.perf_counter()
-    for step_batch in sampler.epoch(epoch):
-      # Dispatch is asynchronous: the host samples the next batch while this step runs.
-      state, _ = train_step(state, to_device(step_batch, mesh), dropout_key)
-    jax.block_until_ready(state.step)
-    train_seconds = time.perf_counter() - epoch_start
-    row = {}
-    for split, data in (("train", train_set), ("valid", valid_set)):
-      figures = evaluate(eval_step, state.params, data, mesh, eval_rows, encoding)
-      row.update({f"{k}|{split}": v for k, v in figures.items()})
-    rows.append(row)
-    acc_v = row["Accuracy|valid"]
-    improved = acc_v > best
-    best = max(best, acc_v)
-    checkpointer.save(int(state.step), state.params, state.opt_state,
-                      {"epoch": epoch + 1, "history": rows}, {checkpoint_lib.METRIC: acc_v})
-    if writer:
-      history_lib.write_csv(os.path.join(cfg.results_path, "history.csv"), rows)
-      history_lib.plot(cfg.results_path, rows)
-    elapsed = time.perf_counter() - run_start
-    figures = " ".join(f"{k} {row[k]:.4f}" for k in history_lib.COLUMNS
-                       if cfg.is_token or not k.startswith("Nuc"))
-    logging.info("epoch %d/%d | %s%s | %.1f steps/s | %s elapsed, %s left", epoch + 1,
-                 cfg.epochs, figures, " (best)" if improved else "",
-                 sampler.steps_per_epoch / train_seconds, _duration(elapsed),
-                 _duration(elapsed / (epoch + 1) * (cfg.epochs - epoch - 1)))
-  checkpointer.close()
+  try:
+    for epoch in range(first_epoch, cfg.epochs):
+      epoch_start = time.perf_counter()
+      pending: list[tuple[int, dict[str, jax.Array]]] = []
+      sums = {"loss_sum": 0.0, "count": 0.0, "grad_norm": 0.0, "steps": 0}
+      start_step = first_step if epoch == first_epoch else 0
+      for step in range(start_step, spe):
+        # Dispatch is asynchronous: the next batch is sampled while this step runs.
+        state, metrics = train_step(state, to_device(next(stream), mesh), dropout_key)
+        pending.append((step, metrics))
+        done = epoch * spe + step + 1
+        save_now = preempted.is_set() or (
+            cfg.checkpoint_every_steps and done % cfg.checkpoint_every_steps == 0 and step + 1 < spe)
+        if save_now or len(pending) >= 64 or step + 1 == spe:
+          _check_finite(pending, epoch, spe, sums)
+          pending = []
+        if save_now:
+          checkpointer.save(done, state, meta(epoch, step + 1), checkpoint_lib.NO_METRIC)
+        if preempted.is_set():
+          checkpointer.wait()
+          raise Stopped(f"SIGTERM at epoch {epoch + 1}, step {step + 1}: saved the resume "
+                        f"checkpoint in {cfg.checkpoint_path}; run the same command to go on.")
+      train_seconds = time.perf_counter() - epoch_start
+      row = {}
+      for split, data in (("train", train_set), ("valid", valid_set)):
+        figures = evaluate(eval_step, state.params, data, mesh, eval_rows, encoding)
+        row.update({f"{k}|{split}": v for k, v in figures.items()})
+      rows.append(row)
+      improved = row["Accuracy|valid"] > best
+      best = max(best, row["Accuracy|valid"])
+      checkpointer.save((epoch + 1) * spe, state, meta(epoch + 1, 0), row["Accuracy|valid"])
+      steps_per_s = (spe - start_step) / train_seconds
+      throughput = {"steps_per_s": steps_per_s, "samples_per_s": steps_per_s * cfg.batch_size,
+                    "nucleotides_per_s": steps_per_s * cfg.batch_size * encoding.window,
+                    "mfu": flops * steps_per_s / peak}
+      if writer:
+        history_lib.write_csv(os.path.join(cfg.results_path, "history.csv"), rows)
+        history_lib.plot(cfg.results_path, rows)
+        step_count = int(state.step)
+        for k, v in row.items():
+          tb.add_scalar(k.replace("|", "/"), v, epoch + 1)
+        tb.add_scalar("train/batch_loss", sums["loss_sum"] / max(sums["count"], 1), epoch + 1)
+        tb.add_scalar("train/grad_norm", sums["grad_norm"] / max(sums["steps"], 1), epoch + 1)
+        tb.add_scalar("train/learning_rate", float(schedule(max(step_count - 1, 0))), epoch + 1)
+        for k, v in throughput.items():
+          tb.add_scalar(f"throughput/{k}", v, epoch + 1)
+        tb.flush()
+      elapsed = time.perf_counter() - run_start
+      figures = " ".join(f"{k} {row[k]:.4f}" for k in history_lib.COLUMNS
+                         if cfg.is_token or not k.startswith("Nuc"))
+      logging.info(
+          "epoch %d/%d | %s%s | %.1f steps/s, %.0f samples/s, %.3g nt/s, MFU %.1f%% | %s "
+          "elapsed, %s left", epoch + 1, cfg.epochs, figures, " (best)" if improved else "",
+          steps_per_s, throughput["samples_per_s"], throughput["nucleotides_per_s"],
+          100 * throughput["mfu"], _duration(elapsed),
+          _duration(elapsed / (epoch + 1 - first_epoch) * (cfg.epochs - epoch - 1)))
+  finally:
+    stream.close()
+    if old_handler is not None:
+      signal.signal(signal.SIGTERM, old_handler)
+    checkpointer.close()
+    if tb is not None:
+      tb.close()
   logging.info("training finished in %.1f s; best Accuracy|valid %.4f; checkpoint in %s",
                time.perf_counter() - run_start, best, cfg.checkpoint_path)
   return rows
+
+
+def _check_finite(pending: list[tuple[int, dict[str, jax.Array]]], epoch: int, spe: int,
+                  sums: dict[str, float]) -> None:
+  """Fetches the metrics of the dispatched steps; stops at the first non-finite one.
+  (The step itself already refused to apply a non-finite update.)"""
+  fetched = jax.device_get([m for _, m in pending])
+  for (step, _), m in zip(pending, fetched):
+    if not (np.isfinite(m["loss_sum"]) and np.isfinite(m["grad_norm"])):
+      raise Stopped(f"non-finite loss or gradient at epoch {epoch + 1}, step {step + 1} (batch "
+                    f"{epoch * spe + step + 1}); nothing was saved over the checkpoints. Try a "
+                    "longer --warmup_steps, --precision fp32, or check the input.")
+    sums["loss_sum"] += float(m["loss_sum"])
+    sums["count"] += float(m["count"])
+    sums["grad_norm"] += float(m["grad_norm"])
+    sums["steps"] += 1

@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,8 +54,8 @@ def test_shapes_at_reference_config():
   codes = jax.ShapeDtypeStruct((8, 6903), jnp.uint8)
   params = train.abstract_params(cfg)
   assert jax.eval_shape(lambda p, c: m.apply({"params": p}, c), params, codes).shape == (8, 6903, 4)
-  y, mask = jax.eval_shape(lambda p, c: m.apply({"params": p}, c, method="embed"), params, codes)
-  assert y.shape == (8, 768, 768) and mask.shape == (8, 768)
+  y, lengths = jax.eval_shape(lambda p, c: m.apply({"params": p}, c, method="embed"), params, codes)
+  assert y.shape == (8, 768, 768) and lengths.shape == (8,)
 
 
 def test_odd_lengths_are_trimmed_to_whole_windows():
@@ -81,11 +83,11 @@ def test_attention_mask_counts_windows_with_nucleotides():
   codes[0, :22] = 1
   stem = model_lib.ConvStem(cfg)
   params = stem.init(jax.random.key(0), codes)
-  _, mask = stem.apply(params, codes)
-  np.testing.assert_array_equal(mask[0], [1, 1, 1, 1, 0, 0, 0, 0])
+  _, lengths = stem.apply(params, codes)
+  assert int(lengths[0]) == 4  # CLS + 3 windows attend, positions 4..7 do not
   codes[0, :] = fasta_lib.PAD
-  _, mask = stem.apply(params, codes)  # an empty row: CLS only, never a masked-out softmax
-  np.testing.assert_array_equal(mask[0], [1, 0, 0, 0, 0, 0, 0, 0])
+  _, lengths = stem.apply(params, codes)  # an empty row: CLS only, never a masked-out softmax
+  assert int(lengths[0]) == 1
 
 
 def test_padding_does_not_change_outputs_at_real_positions():
@@ -123,3 +125,51 @@ def test_init_bounds_follow_lncrnapy():
   assert 0.0600 < bound(params["stem"]["cls"]) <= 0.0625
   assert 0.0350 < bound(params["head"]["output_linear"]["kernel"]) <= 0.0361
   assert 0.16 < bound(params["head"]["deconv"]["kernel"]) <= 1 / 6
+
+
+def test_fused_attention_matches_the_reference_on_padded_rows():
+  """dot_product_attention (XLA here, cuDNN on GPUs) against the plain formula, with
+  rows padded to different lengths: a path that ignored the padding would differ."""
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(size=(3, 40, 4, 16)), jnp.float32) for _ in range(3))
+  lengths = jnp.array([40, 17, 1])
+  want = model_lib.attention(q, k, v, lengths, "reference")
+  implementations = ["auto", "xla"] + (["cudnn"] if jax.devices()[0].platform == "gpu" else [])
+  for impl in implementations:
+    np.testing.assert_allclose(model_lib.attention(q, k, v, lengths, impl), want, atol=2e-5,
+                               err_msg=impl)
+  # Keys past the length do not matter; in a full-length row they would.
+  k2 = k.at[1, 17:].set(100.0)
+  np.testing.assert_allclose(model_lib.attention(q, k2, v, lengths, "auto")[1], want[1], atol=2e-5)
+  assert not np.allclose(model_lib.attention(q, k2, v, jnp.array([40, 40, 40]), "auto")[1],
+                         want[1], atol=1e-2)
+
+
+@pytest.mark.parametrize("encoding", ["conv", "nuc"])
+def test_model_outputs_do_not_depend_on_the_attention_path(encoding):
+  cfg = Config("t", "v", encoding_method=encoding, d_model=32, n_kernels=32, N=2, h=4,
+               kernel_size=3, context_length=16)
+  ref = dataclasses.replace(cfg, attention="reference")
+  rng = np.random.default_rng(1)
+  if encoding == "conv":
+    x = np.full((2, cfg.n_nucleotides), fasta_lib.PAD, np.uint8)
+    x[0], x[1, :10] = rng.integers(0, 5, cfg.n_nucleotides), rng.integers(0, 4, 10)
+  else:
+    x = np.full((2, 16), 3, np.int32)
+    x[0], x[1, :5] = rng.integers(5, 9, 16), [1, 5, 6, 7, 2]
+  params = jax.jit(model_lib.build(cfg).init)(jax.random.key(0), x)
+  np.testing.assert_allclose(jax.jit(model_lib.build(cfg).apply)(params, x),
+                             jax.jit(model_lib.build(ref).apply)(params, x), atol=1e-4)
+
+
+def test_bf16_computes_in_bf16_with_float32_parameters_and_logits_close():
+  cfg = Config("t", "v", d_model=32, n_kernels=32, N=2, h=4, kernel_size=3, context_length=16)
+  bf16 = dataclasses.replace(cfg, precision="bf16")
+  x = np.random.default_rng(2).integers(0, 4, (2, cfg.n_nucleotides)).astype(np.uint8)
+  params = jax.jit(model_lib.build(bf16).init)(jax.random.key(0), x)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+  out16 = jax.jit(model_lib.build(bf16).apply)(params, x)
+  out32 = jax.jit(model_lib.build(cfg).apply)(params, x)
+  y16, _ = model_lib.build(bf16).apply(params, x, method="embed")
+  assert y16.dtype == jnp.bfloat16 and out32.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(out16, np.float32), out32, atol=0.1)

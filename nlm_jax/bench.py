@@ -1,0 +1,488 @@
+r"""Throughput benchmark: train step, matmul peak, host sampler and FASTA streaming, side by side.
+
+  .venv/bin/python -m nlm_jax.bench                      # every configuration, ~5 min on 2 CPU cores
+  .venv/bin/python -m nlm_jax.bench --configs=demo_conv --steps=20 --fasta_gb=0
+
+stdout holds one JSON line per training configuration, then one for FASTA streaming
+(progress goes to stderr), so `... | tee bench.jsonl` keeps a machine-readable record.
+All figures come from one process on one machine: compare lines of one run, not runs.
+
+Configurations (--configs): demo_conv (launch/demo.flags), base_conv (the contract's
+BERT-base defaults: d_model 768, N 12, n_kernels 768, kernel_size 10, context_length
+768, batch_size 8), base_kmer (k-mer k=3 at BERT-base), demo_kmer (k-mer k=3 at demo
+size). Their samplers draw from the synthetic demo data (synthetic.write_demo).
+
+Fields of a training line ("kind": "train"):
+  config, encoding_method, d_model, N, context_length, batch_size, n_params: the model
+    as measured; batch_size_requested: the configuration's batch, larger than batch_size
+    when --fit_memory halved it to fit the host's memory (CPU only).
+  devices: {count, platform, device_kind} of the one-axis data mesh.
+  precision: the --precision asked for; compute_dtype: the operand dtype of most
+    dot_generals in the lowered train step (what the model really computes in).
+  compile_s: seconds of train_step.lower(...).compile().
+  step_memory_bytes: what one step holds (arguments, outputs, XLA temporaries), from
+    compiled.memory_analysis().
+  warmup_steps, timed_steps: steps run before timing, steps timed.
+  step_s: median seconds of a timed step (each ended by jax.block_until_ready);
+    step_s_all: every timed step.
+  train_samples_per_s: batch_size / step_s; nucleotides_per_sample: the nucleotides of
+    one row ((context_length-1)*kernel_size for conv, (context_length-1)*k for k-mers);
+    train_nucleotides_per_s: their product.
+  flops_per_step: FLOPs of one step from the compiled step's cost_analysis();
+    flops_source says where it came from ("cost_analysis", or "6*params*tokens" when the
+    analysis is missing or undercounts, e.g. loops); flops_per_step_6nd: 6 * n_params *
+    batch_size * context_length, for reference.
+  achieved_flops_per_s: flops_per_step / step_s.
+  peak_flops_per_s: best of 3 timings of a jitted chain of peak_matmul_iters
+    peak_matmul_n x peak_matmul_n matmuls in peak_dtype (compute_dtype), measured in this
+    run; mfu: achieved_flops_per_s / peak_flops_per_s.
+  sampler_samples_per_s: rows per second of TrainSampler.batch in the main thread (one
+    host core); sampler_vs_train: sampler_samples_per_s / train_samples_per_s, how many
+    times faster one core samples than the step consumes.
+  host_load_1m: the host's 1-minute load average when timing began: on a shared machine
+    anything near or above the core count means the figures are contended.
+A configuration that does not fit even at the smallest batch prints
+{"kind": "train", "config": ..., "error": ...} instead.
+
+Fields of the FASTA line ("kind": "fasta_stream"), measured in a subprocess that imports
+no JAX, opens a generated FASTA (--fasta_gb, sequences of 500-20,000 nt) with
+nlm_jax.fasta.Fasta and draws TrainSampler batches at the default conv config for
+--stream_s seconds:
+  file_bytes, n_sequences, generate_s (0 when a file in --bench_dir was reused),
+  index_s (opening and indexing), stream_s, batches, rows_per_s, distinct_sequences
+  (sequences drawn), index_span (the share of the file between the first and last
+  sequence drawn), max_rss_bytes (peak resident memory of the subprocess, from
+  getrusage), rss_after_index_bytes (the peak right after indexing), rss_baseline_bytes
+  (the peak before opening the file: the interpreter and its imports), jax_loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from absl import app
+from absl import flags
+
+from nlm_jax import fasta as fasta_lib
+from nlm_jax import sampler as sampler_lib
+from nlm_jax import synthetic
+from nlm_jax.config import Config
+
+# JAX (and nlm_jax.train, which imports it) is imported inside the measuring functions,
+# so that the FASTA subprocess, which imports this module, holds no JAX in its memory.
+if TYPE_CHECKING:
+  import jax
+
+DEMO = dict(encoding_method="conv", d_model=64, N=2, h=4, n_kernels=64, kernel_size=9,
+            context_length=64, batch_size=16, n_samples_per_epoch=2000, warmup_steps=300,
+            epochs=20, seed=0)
+BASE = dict(encoding_method="conv", d_model=768, N=12, n_kernels=768, kernel_size=10,
+            context_length=768, batch_size=8)
+CONFIGS: dict[str, dict[str, Any]] = {
+    "demo_conv": DEMO,
+    "base_conv": BASE,
+    "base_kmer": dict(BASE, encoding_method="kmer", k=3),
+    "demo_kmer": dict(DEMO, encoding_method="kmer", k=3),
+}
+# (warm-up steps, timed steps) when --warmup / --steps are not given: a BERT-base step
+# takes many seconds on CPU.
+DEFAULT_STEPS = {"demo_conv": (3, 20), "base_conv": (1, 2), "base_kmer": (1, 2), "demo_kmer": (3, 20)}
+
+_CONFIGS = flags.DEFINE_list("configs", list(CONFIGS), f"Configurations to run, of {', '.join(CONFIGS)}.")
+_STEPS = flags.DEFINE_integer("steps", None, "Timed steps per configuration (default: 20 at demo "
+                              "size, 2 at BERT-base).", lower_bound=1)
+_WARMUP = flags.DEFINE_integer("warmup", None, "Untimed steps before timing (default: 3 at demo "
+                               "size, 1 at BERT-base).", lower_bound=0)
+_PRECISION = flags.DEFINE_enum("precision", "auto", ["auto", "fp32", "bf16"],
+                               "The --precision of every configuration.")
+_FASTA_GB = flags.DEFINE_float("fasta_gb", 1.0, "Size of the generated FASTA streamed for the "
+                               "memory figure, in GB (1e9 bytes); 0 skips it.", lower_bound=0.0)
+_STREAM_S = flags.DEFINE_float("stream_s", 10.0, "Seconds of batch drawing from that FASTA.",
+                               lower_bound=0.1)
+_SAMPLER_S = flags.DEFINE_float("sampler_s", 1.5, "Seconds of TrainSampler.batch timing per "
+                                "configuration.", lower_bound=0.05)
+_PEAK_N = flags.DEFINE_integer("peak_n", None, "Matmul size of the peak measurement (default: "
+                               "2048 on CPU, 8192 on accelerators).", lower_bound=128)
+_FIT_MEMORY = flags.DEFINE_boolean("fit_memory", True, "On CPU, halve a configuration's batch "
+                                   "while its compiled step needs more than 85% of the available "
+                                   "host memory (batch_size then differs from batch_size_requested).")
+_BENCH_DIR = flags.DEFINE_string("bench_dir", None, "Folder for the demo data and the generated "
+                                 "FASTA, kept (and the FASTA reused) between runs; default: a "
+                                 "temporary folder, deleted at the end.")
+
+_DTYPE_NAMES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16", "f64": "float64"}
+# An element type in StableHLO text, e.g. the f32 of tensor<8x768xf32>.
+_DOT_RE = re.compile(r"dot_general.*?:\s*\(tensor<(?:[0-9?]+x)*([a-z]+[0-9]*)>")
+
+
+def log(msg: str) -> None:
+  """Progress for people: stderr, flushed."""
+  print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def emit(record: dict[str, Any]) -> None:
+  """One JSON line on stdout."""
+  print(json.dumps(record), flush=True)
+
+
+# ----------------------------------------------------------------------------- FASTA
+
+
+def write_random_fasta(path: str, n_bytes: int, seed: int = 0, min_len: int = 500,
+                       max_len: int = 20_000, line: int = 60) -> int:
+  """A FASTA of at least n_bytes: uniform random ACGT sequences of min_len..max_len nt,
+  wrapped at `line`. Written to path.tmp then renamed; returns the sequence count."""
+  rng = np.random.default_rng(seed)
+  letters = np.frombuffer(b"ACGT", dtype=np.uint8)
+  chunk_N = 1 << 26
+  pool_N = np.empty(0, dtype=np.uint8)
+  used, written, i = 0, 0, 0
+  tmp = path + ".tmp"
+  with open(tmp, "wb", buffering=1 << 24) as f:
+    while written < n_bytes:
+      length = int(rng.integers(min_len, max_len + 1))
+      if used + length > len(pool_N):  # random letters, drawn 64 MiB at a time
+        pool_N = letters[np.frombuffer(rng.bytes(chunk_N), dtype=np.uint8) & 3]
+        used = 0
+      seq_N = pool_N[used:used + length]
+      used += length
+      n_full = length // line
+      rows_RxW = np.empty((n_full, line + 1), dtype=np.uint8)
+      rows_RxW[:, :line] = seq_N[:n_full * line].reshape(n_full, line)
+      rows_RxW[:, line] = ord("\n")
+      header = f">rnd_{i} len={length}\n".encode()
+      tail = seq_N[n_full * line:].tobytes() + (b"\n" if length % line else b"")
+      f.write(header)
+      f.write(rows_RxW.tobytes())
+      f.write(tail)
+      written += len(header) + rows_RxW.size + len(tail)
+      i += 1
+  os.replace(tmp, path)
+  return i
+
+
+def max_rss_bytes() -> int:
+  """This process's peak resident memory (ru_maxrss: KiB on Linux, bytes on macOS)."""
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return rss if sys.platform == "darwin" else rss * 1024
+
+
+def stream_fasta(path: str, seconds: float) -> dict[str, Any]:
+  """Opens `path` and draws TrainSampler batches at the default conv config for `seconds`;
+  run in a fresh process (see fasta_stream_record) so that ru_maxrss is this work's peak."""
+  rss_baseline = max_rss_bytes()
+  t0 = time.perf_counter()
+  fa = fasta_lib.Fasta(path)
+  index_s = time.perf_counter() - t0
+  rss_after_index = max_rss_bytes()
+  cfg = Config(path, path).validate()  # the contract's defaults: conv, 768 positions, batch 8
+  sampler = sampler_lib.TrainSampler(fa, cfg, sampler_lib.encoding_for(cfg))
+  seen_B = np.zeros(len(fa), dtype=bool)
+  n_batches, rows = 0, 0
+  t0 = time.perf_counter()
+  while time.perf_counter() - t0 < seconds:
+    epoch, step = divmod(n_batches, sampler.steps_per_epoch)
+    seen_B[sampler.indices(epoch, step)] = True
+    rows += len(sampler.batch(epoch, step)["inputs"])
+    n_batches += 1
+  elapsed = time.perf_counter() - t0
+  drawn = np.flatnonzero(seen_B)
+  return {"file_bytes": os.path.getsize(path), "n_sequences": len(fa), "index_s": index_s,
+          "stream_s": elapsed, "batches": n_batches, "rows_per_s": rows / elapsed,
+          "distinct_sequences": int(len(drawn)),
+          "index_span": float((drawn[-1] - drawn[0] + 1) / len(fa)),
+          "max_rss_bytes": max_rss_bytes(), "rss_after_index_bytes": rss_after_index,
+          "rss_baseline_bytes": rss_baseline, "jax_loaded": "jax" in sys.modules}
+
+
+# Linux keeps a process's peak RSS across fork and exec: a child of the JAX process starts
+# with JAX's peak in its ru_maxrss. The child therefore forks once more; the grandchild,
+# forked from a fresh interpreter, starts from that interpreter's few MB and does the work.
+_CHILD = """
+import json, os, sys, traceback
+from nlm_jax import bench
+pid = os.fork()
+if pid == 0:
+  code = 0
+  try:
+    print(json.dumps(bench.stream_fasta(sys.argv[1], float(sys.argv[2]))), flush=True)
+  except BaseException:
+    traceback.print_exc()
+    code = 1
+  sys.stderr.flush()
+  os._exit(code)
+sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+def fasta_stream_record(folder: str, gb: float, seconds: float) -> dict[str, Any]:
+  """Generates (or reuses) the FASTA in `folder`, measures streaming in a subprocess."""
+  path = os.path.join(folder, f"stream_{gb:g}GB.fasta")
+  generate_s = 0.0
+  if not os.path.exists(path):
+    log(f"writing a {gb:g} GB random FASTA to {path}")
+    t0 = time.perf_counter()
+    n = write_random_fasta(path, int(gb * 1e9))
+    generate_s = time.perf_counter() - t0
+    log(f"  {n:,} sequences in {generate_s:.1f} s")
+  log(f"streaming it for {seconds:g} s in a subprocess")
+  out = subprocess.run([sys.executable, "-c", _CHILD, path, str(seconds)], capture_output=True,
+                       text=True, check=False)
+  if out.returncode:
+    raise RuntimeError(f"the FASTA streaming subprocess failed:\n{out.stderr[-3000:]}")
+  child = json.loads(out.stdout.strip().splitlines()[-1])
+  return {"kind": "fasta_stream", "config": "default_conv", "generate_s": generate_s, **child}
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def compute_dtype(hlo_text: str) -> str:
+  """The first-operand dtype of most dot_generals in StableHLO text ('unknown' if none)."""
+  found = _DOT_RE.findall(hlo_text)
+  if not found:
+    return "unknown"
+  top = max(set(found), key=found.count)
+  return _DTYPE_NAMES.get(top, top)
+
+
+def cost_flops(compiled: Any) -> float | None:
+  """FLOPs from compiled.cost_analysis(): a dict, or a list of dicts (older JAX), or None."""
+  try:
+    analysis = compiled.cost_analysis()
+  except Exception:  # not implemented on some backends
+    return None
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else None
+  if not analysis or "flops" not in analysis:
+    return None
+  flops = float(analysis["flops"])
+  return flops if flops > 0 and math.isfinite(flops) else None
+
+
+def peak_flops(dtype: str, n: int, platform: str) -> tuple[float, int]:
+  """Best FLOP/s of a jitted chain of n x n matmuls in `dtype` (a fori_loop whose every
+  product feeds the next, so none can be hoisted); returns (FLOP/s, iterations)."""
+  import jax
+  import jax.numpy as jnp
+
+  iters = 4 if platform == "cpu" else 50
+  dt = jnp.dtype(dtype)
+  a_NxN = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dt)
+  b_NxN = (jax.random.normal(jax.random.key(1), (n, n), jnp.float32) / math.sqrt(n)).astype(dt)
+  chain = jax.jit(lambda a, b: jax.lax.fori_loop(0, iters, lambda _, c: c @ b, a))
+  jax.block_until_ready(chain(a_NxN, b_NxN))  # compile and warm up
+  best = math.inf
+  for _ in range(3):
+    t0 = time.perf_counter()
+    jax.block_until_ready(chain(a_NxN, b_NxN))
+    best = min(best, time.perf_counter() - t0)
+  return 2 * n ** 3 * iters / best, iters
+
+
+def sampler_rate(sampler: sampler_lib.TrainSampler, seconds: float) -> float:
+  """Rows per second of sampler.batch in this thread, over about `seconds`."""
+  sampler.batch(0, 0)  # the epoch's permutation
+  n_batches, rows = 0, 0
+  t0 = time.perf_counter()
+  while time.perf_counter() - t0 < seconds:
+    epoch, step = divmod(n_batches, sampler.steps_per_epoch)
+    rows += len(sampler.batch(epoch, step)["inputs"])
+    n_batches += 1
+  return rows / (time.perf_counter() - t0)
+
+
+def nucleotides_per_sample(cfg: Config) -> int:
+  return (cfg.context_length - 1) * cfg.token_k if cfg.is_token else cfg.n_nucleotides
+
+
+def step_memory_bytes(compiled: Any) -> int | None:
+  """Bytes one call of the compiled step holds at its peak: arguments, outputs not aliased
+  to them, and temporaries (compiled.memory_analysis()); None where unavailable."""
+  try:
+    m = compiled.memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+               + m.temp_size_in_bytes)
+  except Exception:  # not implemented on some backends
+    return None
+
+
+def available_host_bytes() -> int | None:
+  """MemAvailable of /proc/meminfo (Linux), else None."""
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
+
+def compile_fitting(cfg: Config, mesh: Any) -> tuple[Config, Any, Any, Any, float]:
+  """Initialises the state and compiles the train step of `cfg`; on CPU with --fit_memory,
+  halves the batch while the step's outputs and temporaries would need more than 85% of
+  the host's available memory (XLA's CPU temporaries can exceed it, and then the kernel
+  kills the process). Returns (the config used, state, lowered, compiled, compile seconds)."""
+  import jax
+
+  from nlm_jax import train
+
+  n_devices = int(mesh.devices.size)
+  on_cpu = mesh.devices.flat[0].platform == "cpu"
+  while True:
+    encoding = sampler_lib.encoding_for(cfg)
+    sampler = sampler_lib.TrainSampler(fasta_lib.Fasta(cfg.train_path), cfg, encoding)
+    batch = train.to_device(sampler.batch(0, 0), mesh)
+    # The state first: its optimizer and apply_fn are part of the compiled step's signature.
+    state = train.init_state(cfg, mesh, jax.random.key(cfg.seed))
+    t0 = time.perf_counter()
+    lowered = train.make_train_step(cfg, mesh, encoding.token_nucs).lower(
+        state, batch, jax.random.key(1))
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - t0
+    need, available = step_memory_bytes(compiled), available_host_bytes()
+    if need and available:  # the arguments (state and batch) are allocated already
+      need -= compiled.memory_analysis().argument_size_in_bytes
+    if not (on_cpu and _FIT_MEMORY.value and need and available) or need < 0.85 * available:
+      return cfg, state, lowered, compiled, compile_s
+    del state
+    message = (f"the step needs {need / 1e9:.1f} GB more at batch {cfg.batch_size}, "
+               f"{available / 1e9:.1f} GB are available")
+    half = cfg.batch_size // 2
+    if half < n_devices or half % n_devices:
+      raise MemoryError(message)
+    log(f"  {message}: halving the batch (--nofit_memory: don't)")
+    cfg = dataclasses.replace(cfg, batch_size=half)
+
+
+def train_record(name: str, cfg: Config, warmup: int, steps: int,
+                 peaks: dict[str, tuple[float, int, int]]) -> dict[str, Any]:
+  """Compiles, warms up and times the train step of `cfg`; `peaks` caches the matmul peak
+  per compute dtype (measured on first need)."""
+  import jax
+
+  from nlm_jax import train
+
+  mesh = train.make_mesh()
+  devices = mesh.devices.flat
+  platform = devices[0].platform
+  key = jax.random.key(1)
+  requested_batch = cfg.batch_size
+  cfg, state, lowered, compiled, compile_s = compile_fitting(cfg, mesh)
+  dtype = compute_dtype(lowered.as_text())
+  memory = step_memory_bytes(compiled)
+  sampler = sampler_lib.TrainSampler(fasta_lib.Fasta(cfg.train_path), cfg,
+                                     sampler_lib.encoding_for(cfg))
+  n_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
+  log(f"  {n_params:,} parameters, compute dtype {dtype}, compiled in {compile_s:.1f} s"
+      + (f", {memory / 1e9:.2f} GB per step" if memory else ""))
+  batches = [train.to_device(sampler.batch(0, i), mesh) for i in range(warmup + steps)]
+  jax.block_until_ready(batches)
+
+  load_1m = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+  times = []
+  for i, batch in enumerate(batches):
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, batch, key)
+    jax.block_until_ready((state, metrics))
+    if i >= warmup:
+      times.append(time.perf_counter() - t0)
+    log(f"  step {i + 1}/{len(batches)}{' (warm-up)' if i < warmup else ''}: "
+        f"{time.perf_counter() - t0:.3f} s")
+  del state, batches
+  step_s = statistics.median(times)
+
+  flops_6nd = 6.0 * n_params * cfg.batch_size * cfg.context_length
+  flops, source = cost_flops(compiled), "cost_analysis"
+  if flops is None:
+    flops, source = flops_6nd, "6*params*tokens (no cost_analysis)"
+  elif flops < 0.5 * flops_6nd:
+    flops, source = flops_6nd, "6*params*tokens (cost_analysis undercounts)"
+
+  peak_dtype = dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
+  if peak_dtype not in peaks:
+    n = _PEAK_N.value or (2048 if platform == "cpu" else 8192)
+    log(f"measuring the {n}x{n} {peak_dtype} matmul peak")
+    peak, iters = peak_flops(peak_dtype, n, platform)
+    peaks[peak_dtype] = (peak, n, iters)
+    log(f"  {peak / 1e9:.1f} GFLOP/s")
+  peak, peak_n, peak_iters = peaks[peak_dtype]
+
+  log(f"  timing the sampler for {_SAMPLER_S.value:g} s")
+  sampler_per_s = sampler_rate(sampler, _SAMPLER_S.value)
+  train_per_s = cfg.batch_size / step_s
+  nucs = nucleotides_per_sample(cfg)
+  achieved = flops / step_s
+  return {
+      "kind": "train", "config": name, "encoding_method": cfg.encoding_method,
+      "d_model": cfg.d_model, "N": cfg.N, "context_length": cfg.context_length,
+      "batch_size": cfg.batch_size, "batch_size_requested": requested_batch, "n_params": n_params,
+      "devices": {"count": int(mesh.devices.size), "platform": platform,
+                  "device_kind": devices[0].device_kind},
+      "precision": cfg.precision, "compute_dtype": dtype, "compile_s": compile_s,
+      "step_memory_bytes": memory,
+      "warmup_steps": warmup, "timed_steps": steps, "step_s": step_s, "step_s_all": times,
+      "train_samples_per_s": train_per_s, "nucleotides_per_sample": nucs,
+      "train_nucleotides_per_s": train_per_s * nucs,
+      "flops_per_step": flops, "flops_source": source, "flops_per_step_6nd": flops_6nd,
+      "achieved_flops_per_s": achieved, "peak_flops_per_s": peak,
+      "peak_matmul_n": peak_n, "peak_matmul_iters": peak_iters, "peak_dtype": peak_dtype,
+      "mfu": achieved / peak, "host_load_1m": load_1m,
+      "sampler_samples_per_s": sampler_per_s, "sampler_vs_train": sampler_per_s / train_per_s,
+  }
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  unknown = [c for c in _CONFIGS.value if c not in CONFIGS]
+  if unknown:
+    raise app.UsageError(f"unknown --configs {', '.join(unknown)}: choose from {', '.join(CONFIGS)}")
+  own_dir = _BENCH_DIR.value is None
+  folder = tempfile.mkdtemp(prefix="nlm_bench_") if own_dir else _BENCH_DIR.value
+  os.makedirs(folder, exist_ok=True)
+  start = time.perf_counter()
+  try:
+    if _CONFIGS.value:
+      demo = os.path.join(folder, "demo")
+      train_fa, valid_fa = (os.path.join(demo, f) for f in ("train.fasta", "valid.fasta"))
+      if not os.path.exists(train_fa):
+        log(f"writing the demo data to {demo}")
+        synthetic.write_demo(demo, 3000, 500)
+      peaks: dict[str, tuple[float, int, int]] = {}
+      for name in _CONFIGS.value:
+        warmup, steps = DEFAULT_STEPS[name]
+        warmup = warmup if _WARMUP.value is None else _WARMUP.value
+        steps = steps if _STEPS.value is None else _STEPS.value
+        cfg = Config(train_fa, valid_fa, precision=_PRECISION.value, **CONFIGS[name]).validate()
+        log(f"{name}: {cfg.encoding_method}, d_model {cfg.d_model}, N {cfg.N}, context "
+            f"{cfg.context_length}, batch {cfg.batch_size}; {warmup} warm-up + {steps} timed steps")
+        try:
+          emit(train_record(name, cfg, warmup, steps, peaks))
+        except MemoryError as e:
+          log(f"  skipped: {e}")
+          emit({"kind": "train", "config": name, "error": f"skipped: {e}"})
+    if _FASTA_GB.value > 0:
+      emit(fasta_stream_record(folder, _FASTA_GB.value, _STREAM_S.value))
+  finally:
+    if own_dir:
+      shutil.rmtree(folder, ignore_errors=True)
+  log(f"done in {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,67 @@
+"""python -m nlm_jax.bench end to end: the demo configuration and a 10 MB FASTA."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+TRAIN_KEYS = {
+    "kind", "config", "encoding_method", "d_model", "N", "context_length", "batch_size",
+    "batch_size_requested", "n_params", "devices", "precision", "compute_dtype", "compile_s", "step_memory_bytes", "warmup_steps",
+    "timed_steps", "step_s", "step_s_all", "train_samples_per_s", "nucleotides_per_sample",
+    "train_nucleotides_per_s", "flops_per_step", "flops_source", "flops_per_step_6nd",
+    "achieved_flops_per_s", "peak_flops_per_s", "peak_matmul_n", "peak_matmul_iters",
+    "peak_dtype", "mfu", "sampler_samples_per_s", "sampler_vs_train",
+    "host_load_1m"}
+FASTA_KEYS = {
+    "kind", "config", "generate_s", "file_bytes", "n_sequences", "index_s", "stream_s",
+    "batches", "rows_per_s", "distinct_sequences", "index_span", "max_rss_bytes",
+    "rss_after_index_bytes", "rss_baseline_bytes", "jax_loaded"}
+
+
+def numbers(value):
+  """Every number in a JSON value (booleans excluded), depth first."""
+  if isinstance(value, bool):
+    return []
+  if isinstance(value, (int, float)):
+    return [value]
+  if isinstance(value, dict):
+    return [n for v in value.values() for n in numbers(v)]
+  if isinstance(value, list):
+    return [n for v in value for n in numbers(v)]
+  return []
+
+
+def test_bench_demo(tmp_path):
+  # One CPU device, as a user runs it: not the eight fake devices of conftest.py.
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["JAX_PLATFORMS"] = "cpu"
+  out = subprocess.run(
+      [sys.executable, "-m", "nlm_jax.bench", "--configs=demo_conv", "--steps=2", "--warmup=1",
+       "--fasta_gb=0.01", "--stream_s=1", "--sampler_s=0.3", "--peak_n=1024",
+       f"--bench_dir={tmp_path}"],
+      capture_output=True, text=True, env=env, timeout=300, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  lines = out.stdout.strip().splitlines()
+  assert len(lines) == 2, out.stdout
+  train, stream = (json.loads(line) for line in lines)
+
+  assert set(train) == TRAIN_KEYS
+  assert train["kind"] == "train" and train["config"] == "demo_conv"
+  assert train["devices"]["count"] == 1 and train["devices"]["platform"] == "cpu"
+  assert train["timed_steps"] == 2 and len(train["step_s_all"]) == 2
+  assert train["compute_dtype"] == "float32"
+  assert train["nucleotides_per_sample"] == 63 * 9
+  assert 0 < train["mfu"] < 1.5
+
+  assert set(stream) == FASTA_KEYS
+  assert stream["kind"] == "fasta_stream" and stream["jax_loaded"] is False
+  assert stream["file_bytes"] >= 0.01e9
+  assert stream["rss_baseline_bytes"] <= stream["max_rss_bytes"] < 1e9
+
+  assert train.pop("host_load_1m") >= 0  # 0 on an idle machine
+  for record in (train, stream):
+    for x in numbers(record):
+      assert math.isfinite(x) and x > 0, record
+  assert "[bench]" in out.stderr  # progress for people goes to stderr

@@ -1,0 +1,159 @@
+"""Runs that survive: kill a run (SIGKILL or SIGTERM) in the middle of an epoch, run the
+same command again, and get the history of a run that was never interrupted."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nlm_jax import checkpoint, sampler, synthetic, train
+from nlm_jax.config import Config
+
+FLAGS = ["--d_model=32", "--n_kernels=32", "--N=1", "--h=2", "--kernel_size=3",
+         "--context_length=16", "--batch_size=8", "--warmup_steps=20", "--epochs=3",
+         "--n_samples_per_epoch=400", "--checkpoint_every_steps=7", "--results_dir=R",
+         "--model_dir=M", "--exp_prefix=RES"]
+NAME = "RES_conv_nm32_sm3_dm32_N1_h2_bs8_ws20_cl16_d0"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("data")
+  return synthetic.write_demo(str(folder), n_train=300, n_valid=80)
+
+
+def env():
+  return {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"PYTHONUNBUFFERED": "1"}
+
+
+def command(data, *extra):
+  return [sys.executable, "-m", "nlm_jax.pretrain", *data, *FLAGS, *extra]
+
+
+def history(folder):
+  with open(os.path.join(folder, "R", NAME, "history.csv")) as f:
+    return f.read()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory):
+  folder = tmp_path_factory.mktemp("whole")
+  out = subprocess.run(command(data), cwd=folder, env=env(), capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  return history(folder)
+
+
+def kill_mid_epoch(data, folder, sig):
+  """Starts the run, waits for a checkpoint saved inside epoch 2, then sends `sig`."""
+  proc = subprocess.Popen(command(data), cwd=folder, env=env(), stderr=subprocess.PIPE, text=True)
+  model = os.path.join(folder, "M", NAME)
+  deadline = time.time() + 240
+  try:
+    while time.time() < deadline:
+      steps = [int(n) for n in os.listdir(model) if n.isdigit()] if os.path.isdir(model) else []
+      if any(50 < s < 100 for s in steps):  # 50 steps per epoch: a save inside epoch 2
+        break
+      if proc.poll() is not None:
+        pytest.fail("the run ended before it could be killed: " + proc.stderr.read()[-2000:])
+      time.sleep(0.005)
+    else:
+      pytest.fail("no checkpoint inside epoch 2 appeared")
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+  finally:
+    proc.kill()
+  return proc.returncode, err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_run_resumes_to_the_same_history(data, uninterrupted, tmp_path, sig):
+  code, err = kill_mid_epoch(data, tmp_path, sig)
+  if sig == signal.SIGTERM:
+    assert code == 3, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert "SIGTERM" in last and "run the same command" in last and "Traceback" not in err
+  else:
+    assert code == -signal.SIGKILL
+  rows_before = history(tmp_path).count("\n") - 1 if os.path.exists(
+      os.path.join(tmp_path, "R", NAME, "history.csv")) else 0
+  assert rows_before < 3
+  out = subprocess.run(command(data), cwd=tmp_path, env=env(), capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert re.search(r"resuming .* from epoch [23], step \d+", out.stderr), out.stderr[-2000:]
+  assert history(tmp_path) == uninterrupted
+  # A finished run re-run: nothing to do, nothing changed.
+  again = subprocess.run(command(data), cwd=tmp_path, env=env(), capture_output=True, text=True,
+                         timeout=300)
+  assert again.returncode == 0 and "nothing to do" in again.stderr
+  assert history(tmp_path) == uninterrupted
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_one_before(data, uninterrupted, tmp_path):
+  code, _ = kill_mid_epoch(data, tmp_path, signal.SIGKILL)
+  model = tmp_path / "M" / NAME
+  newest = max(int(n) for n in os.listdir(model) if n.isdigit())
+  for root, _, files in os.walk(model / str(newest)):
+    for name in files:
+      with open(os.path.join(root, name), "r+b") as f:
+        f.truncate(max(0, os.path.getsize(os.path.join(root, name)) // 3))
+  out = subprocess.run(command(data), cwd=tmp_path, env=env(), capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert f"/{newest} cannot be read" in out.stderr
+  assert history(tmp_path) == uninterrupted
+
+
+def test_changed_settings_are_refused_and_fresh_keeps_the_old_folder(data, tmp_path):
+  short = [f for f in FLAGS if not f.startswith("--epochs")] + ["--epochs=1"]
+  base = [sys.executable, "-m", "nlm_jax.pretrain", *data]
+  assert subprocess.run(base + short, cwd=tmp_path, env=env(), capture_output=True).returncode == 0
+  snapshot = sorted(os.listdir(tmp_path / "M" / NAME))
+  out = subprocess.run(base + short + ["--p_mlm=0.2"], cwd=tmp_path, env=env(),
+                       capture_output=True, text=True)
+  assert out.returncode == 2
+  line = out.stderr.strip()
+  assert "\n" not in line and "--p_mlm 0.15 -> 0.2" in line and "--fresh" in line
+  assert sorted(os.listdir(tmp_path / "M" / NAME)) == snapshot
+  # A longer run of the same settings goes on from where the first stopped.
+  out = subprocess.run(base + short[:-1] + ["--epochs=2"], cwd=tmp_path, env=env(),
+                       capture_output=True, text=True)
+  assert out.returncode == 0 and "from epoch 2" in out.stderr
+  # --fresh starts anew and keeps the old folder aside.
+  out = subprocess.run(base + short + ["--p_mlm=0.2", "--fresh"], cwd=tmp_path, env=env(),
+                       capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-2000:]
+  kept = [n for n in os.listdir(tmp_path / "M") if n.startswith(NAME + ".replaced-")]
+  assert len(kept) == 1
+  assert checkpoint.load_config(str(tmp_path / "M" / kept[0])).p_mlm == 0.15
+  assert checkpoint.load_config(str(tmp_path / "M" / NAME)).p_mlm == 0.2
+
+
+def test_non_finite_step_changes_nothing_and_stops_the_run(tmp_path):
+  cfg = Config("t", "v", d_model=32, n_kernels=32, N=1, h=2, kernel_size=3, context_length=16,
+               batch_size=8)
+  mesh = train.make_mesh(jax.devices()[:1])
+  state = train.init_state(cfg, mesh, jax.random.key(0))
+  state = state.replace(params=jax.tree.map(lambda x: x.at[...].set(jnp.nan) if x.ndim == 1 else x,
+                                            state.params))
+  before = jax.device_get(state)
+  codes = np.random.default_rng(0).integers(0, 4, (8, cfg.n_nucleotides)).astype(np.uint8)
+  batch = sampler.mask_conv(codes, np.random.default_rng(1), cfg)
+  state, metrics = train.make_train_step(cfg, mesh)(state, train.to_device(batch, mesh),
+                                                    jax.random.key(1))
+  assert not np.isfinite(float(metrics["loss_sum"]))
+  assert int(state.step) == 0
+  for a, b in zip(jax.tree.leaves(before.opt_state), jax.tree.leaves(jax.device_get(state.opt_state))):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(train.Stopped, match=r"epoch 2, step 4 \(batch 14\)"):
+    train._check_finite([(2, {"loss_sum": 1.0, "grad_norm": 1.0, "count": 1.0}),
+                         (3, {"loss_sum": np.nan, "grad_norm": 1.0, "count": 1.0})], 1, 10,
+                        {"loss_sum": 0.0, "count": 0.0, "grad_norm": 0.0, "steps": 0})
