@@ -1,6 +1,6 @@
 r"""Throughput benchmark: train step, matmul peak, host sampler and FASTA streaming, side by side.
 
-  .venv/bin/python -m nlm_jax.bench                      # every configuration, ~5 min on 2 CPU cores
+  .venv/bin/python -m nlm_jax.bench     # every configuration: about 8 min on 2 CPU cores
   .venv/bin/python -m nlm_jax.bench --configs=demo_conv --steps=20 --fasta_gb=0
 
 stdout holds one JSON line per training configuration, then one for FASTA streaming
@@ -33,9 +33,9 @@ Fields of a training line ("kind": "train"):
     analysis is missing or undercounts, e.g. loops); flops_per_step_6nd: 6 * n_params *
     batch_size * context_length, for reference.
   achieved_flops_per_s: flops_per_step / step_s.
-  peak_flops_per_s: best of 3 timings of a jitted chain of peak_matmul_iters
-    peak_matmul_n x peak_matmul_n matmuls in peak_dtype (compute_dtype), measured in this
-    run; mfu: achieved_flops_per_s / peak_flops_per_s.
+  peak_flops_per_s: best of 5 timings of a jitted chain of peak_matmul_iters
+    peak_matmul_n x peak_matmul_n matmuls in peak_dtype (compute_dtype), measured right
+    after this configuration's steps; mfu: achieved_flops_per_s / peak_flops_per_s.
   sampler_samples_per_s: rows per second of TrainSampler.batch in the main thread (one
     host core); sampler_vs_train: sampler_samples_per_s / train_samples_per_s, how many
     times faster one core samples than the step consumes.
@@ -65,6 +65,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -78,7 +79,6 @@ from absl import flags
 
 from nlm_jax import fasta as fasta_lib
 from nlm_jax import sampler as sampler_lib
-from nlm_jax import synthetic
 from nlm_jax.config import Config
 
 # JAX (and nlm_jax.train, which imports it) is imported inside the measuring functions,
@@ -99,9 +99,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 # (warm-up steps, timed steps) when --warmup / --steps are not given: a BERT-base step
 # takes many seconds on CPU.
-DEFAULT_STEPS = {"demo_conv": (3, 20), "base_conv": (1, 2), "base_kmer": (1, 2), "demo_kmer": (3, 20)}
+DEFAULT_STEPS = {"demo_conv": (3, 20), "base_conv": (1, 2), "base_kmer": (1, 2),
+                 "demo_kmer": (3, 20)}
 
-_CONFIGS = flags.DEFINE_list("configs", list(CONFIGS), f"Configurations to run, of {', '.join(CONFIGS)}.")
+_CONFIGS = flags.DEFINE_list("configs", list(CONFIGS),
+                             f"Configurations to run, of {', '.join(CONFIGS)}.")
 _STEPS = flags.DEFINE_integer("steps", None, "Timed steps per configuration (default: 20 at demo "
                               "size, 2 at BERT-base).", lower_bound=1)
 _WARMUP = flags.DEFINE_integer("warmup", None, "Untimed steps before timing (default: 3 at demo "
@@ -116,9 +118,10 @@ _SAMPLER_S = flags.DEFINE_float("sampler_s", 1.5, "Seconds of TrainSampler.batch
                                 "configuration.", lower_bound=0.05)
 _PEAK_N = flags.DEFINE_integer("peak_n", None, "Matmul size of the peak measurement (default: "
                                "2048 on CPU, 8192 on accelerators).", lower_bound=128)
-_FIT_MEMORY = flags.DEFINE_boolean("fit_memory", True, "On CPU, halve a configuration's batch "
-                                   "while its compiled step needs more than 85% of the available "
-                                   "host memory (batch_size then differs from batch_size_requested).")
+_FIT_MEMORY = flags.DEFINE_boolean(
+    "fit_memory", True, "On CPU, halve a configuration's batch while its compiled step needs "
+    "more than 85% of the available host memory (batch_size then differs from "
+    "batch_size_requested).")
 _BENCH_DIR = flags.DEFINE_string("bench_dir", None, "Folder for the demo data and the generated "
                                  "FASTA, kept (and the FASTA reused) between runs; default: a "
                                  "temporary folder, deleted at the end.")
@@ -273,9 +276,9 @@ def cost_flops(compiled: Any) -> float | None:
   return flops if flops > 0 and math.isfinite(flops) else None
 
 
-def peak_flops(dtype: str, n: int, platform: str) -> tuple[float, int]:
-  """Best FLOP/s of a jitted chain of n x n matmuls in `dtype` (a fori_loop whose every
-  product feeds the next, so none can be hoisted); returns (FLOP/s, iterations)."""
+def peak_flops(dtype: str, n: int, platform: str, repeats: int = 5) -> tuple[float, int]:
+  """Best of `repeats` FLOP/s of a jitted chain of n x n matmuls in `dtype` (a fori_loop
+  whose every product feeds the next, so none can be hoisted); returns (FLOP/s, iterations)."""
   import jax
   import jax.numpy as jnp
 
@@ -286,7 +289,7 @@ def peak_flops(dtype: str, n: int, platform: str) -> tuple[float, int]:
   chain = jax.jit(lambda a, b: jax.lax.fori_loop(0, iters, lambda _, c: c @ b, a))
   jax.block_until_ready(chain(a_NxN, b_NxN))  # compile and warm up
   best = math.inf
-  for _ in range(3):
+  for _ in range(repeats):
     t0 = time.perf_counter()
     jax.block_until_ready(chain(a_NxN, b_NxN))
     best = min(best, time.perf_counter() - t0)
@@ -369,10 +372,9 @@ def compile_fitting(cfg: Config, mesh: Any) -> tuple[Config, Any, Any, Any, floa
     cfg = dataclasses.replace(cfg, batch_size=half)
 
 
-def train_record(name: str, cfg: Config, warmup: int, steps: int,
-                 peaks: dict[str, tuple[float, int, int]]) -> dict[str, Any]:
-  """Compiles, warms up and times the train step of `cfg`; `peaks` caches the matmul peak
-  per compute dtype (measured on first need)."""
+def train_record(name: str, cfg: Config, warmup: int, steps: int) -> dict[str, Any]:
+  """Compiles, warms up and times the train step of `cfg`, then measures the matmul peak
+  (right after, so that a shared host's load weighs on both alike) and the sampler."""
   import jax
 
   from nlm_jax import train
@@ -393,7 +395,7 @@ def train_record(name: str, cfg: Config, warmup: int, steps: int,
   batches = [train.to_device(sampler.batch(0, i), mesh) for i in range(warmup + steps)]
   jax.block_until_ready(batches)
 
-  load_1m = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+  load_1m = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
   times = []
   for i, batch in enumerate(batches):
     t0 = time.perf_counter()
@@ -414,13 +416,10 @@ def train_record(name: str, cfg: Config, warmup: int, steps: int,
     flops, source = flops_6nd, "6*params*tokens (cost_analysis undercounts)"
 
   peak_dtype = dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
-  if peak_dtype not in peaks:
-    n = _PEAK_N.value or (2048 if platform == "cpu" else 8192)
-    log(f"measuring the {n}x{n} {peak_dtype} matmul peak")
-    peak, iters = peak_flops(peak_dtype, n, platform)
-    peaks[peak_dtype] = (peak, n, iters)
-    log(f"  {peak / 1e9:.1f} GFLOP/s")
-  peak, peak_n, peak_iters = peaks[peak_dtype]
+  peak_n = _PEAK_N.value or (2048 if platform == "cpu" else 8192)
+  log(f"  measuring the {peak_n}x{peak_n} {peak_dtype} matmul peak")
+  peak, peak_iters = peak_flops(peak_dtype, peak_n, platform)
+  log(f"  {peak / 1e9:.1f} GFLOP/s peak, {flops / step_s / 1e9:.1f} GFLOP/s achieved")
 
   log(f"  timing the sampler for {_SAMPLER_S.value:g} s")
   sampler_per_s = sampler_rate(sampler, _SAMPLER_S.value)
@@ -451,7 +450,10 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   unknown = [c for c in _CONFIGS.value if c not in CONFIGS]
   if unknown:
-    raise app.UsageError(f"unknown --configs {', '.join(unknown)}: choose from {', '.join(CONFIGS)}")
+    raise app.UsageError(f"unknown --configs {', '.join(unknown)}: choose from "
+                         f"{', '.join(CONFIGS)}")
+  # A terminated bench still removes its temporary folder (and a 1 GB FASTA in it).
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
   own_dir = _BENCH_DIR.value is None
   folder = tempfile.mkdtemp(prefix="nlm_bench_") if own_dir else _BENCH_DIR.value
   os.makedirs(folder, exist_ok=True)
@@ -461,9 +463,10 @@ def main(argv: list[str]) -> None:
       demo = os.path.join(folder, "demo")
       train_fa, valid_fa = (os.path.join(demo, f) for f in ("train.fasta", "valid.fasta"))
       if not os.path.exists(train_fa):
+        from nlm_jax import synthetic  # here: its flags are not the bench's
+
         log(f"writing the demo data to {demo}")
         synthetic.write_demo(demo, 3000, 500)
-      peaks: dict[str, tuple[float, int, int]] = {}
       for name in _CONFIGS.value:
         warmup, steps = DEFAULT_STEPS[name]
         warmup = warmup if _WARMUP.value is None else _WARMUP.value
@@ -472,7 +475,7 @@ def main(argv: list[str]) -> None:
         log(f"{name}: {cfg.encoding_method}, d_model {cfg.d_model}, N {cfg.N}, context "
             f"{cfg.context_length}, batch {cfg.batch_size}; {warmup} warm-up + {steps} timed steps")
         try:
-          emit(train_record(name, cfg, warmup, steps, peaks))
+          emit(train_record(name, cfg, warmup, steps))
         except MemoryError as e:
           log(f"  skipped: {e}")
           emit({"kind": "train", "config": name, "error": f"skipped: {e}"})

@@ -107,11 +107,23 @@ def fit(fasta_path: str, vocab_size: int, out_path: str) -> int:
   return sp.get_piece_size()
 
 
-def main(argv: list[str]) -> None:
-  def fail(message):
-    print(f"nlm_jax.bpe: error: {message}", file=sys.stderr)
-    sys.exit(2)
+def fail(message: str) -> None:
+  print(f"nlm_jax.bpe: error: {message}", file=sys.stderr)
+  sys.exit(2)
 
+
+def parse_flags(argv: list[str]) -> list[str]:
+  try:
+    return flags.FLAGS(argv)
+  except flags.UnrecognizedFlagError as e:
+    if e.flagname.isdigit():  # absl reads a negative VOCAB_SIZE ("-3") as a flag
+      fail(f"VOCAB_SIZE must be a positive whole number, got -{e.flagname}.")
+    fail(f"{str(e).replace('ERROR:: ', '')} (see --helpfull for every flag).")
+  except flags.Error as e:
+    fail(f"{str(e).replace('ERROR:: ', '')} (see --helpfull for every flag).")
+
+
+def main(argv: list[str]) -> None:
   if len(argv) != 3:
     fail("expected FASTA and VOCAB_SIZE: python -m nlm_jax.bpe FASTA VOCAB_SIZE [--bpe_file F]")
   try:
@@ -127,4 +139,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

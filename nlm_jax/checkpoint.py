@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 from nlm_jax.config import Config, UserError
@@ -108,6 +109,8 @@ class Checkpointer:
     self.path = path
     self.is_writer = jax.process_index() == 0
     exists = os.path.isdir(path) and bool(os.listdir(path))
+    if jax.process_count() > 1:  # every process has looked before process 0 changes the folder
+      multihost_utils.sync_global_devices("nlm_jax.checkpoint: model folder looked at")
     if exists and cfg.fresh:
       aside = f"{path}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
       if self.is_writer:

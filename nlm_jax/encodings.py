@@ -80,6 +80,8 @@ class BpeTokenizer:
   def __init__(self, path: str, context_length: int):
     import sentencepiece as spm
 
+    if os.path.isdir(path):
+      raise UserError(f"BPE file {path!r} is a folder: pass a sentencepiece model file.")
     if not os.path.isfile(path):
       raise UserError(f"BPE file {path!r} does not exist: check --bpe_file (and --data_dir), or "
                       "fit one with python -m nlm_jax.bpe FASTA VOCAB_SIZE.")
@@ -89,16 +91,17 @@ class BpeTokenizer:
       raise UserError(f"BPE file {path!r} does not load as a sentencepiece model "
                       f"({str(e).splitlines()[0][:120]}): fit one with python -m nlm_jax.bpe.") from None
     pieces = [self.sp.id_to_piece(i) for i in range(self.sp.get_piece_size())]
-    specials = [(MASK, "MASK"), (UNK, None)]
     if (self.sp.bos_id(), self.sp.eos_id(), self.sp.pad_id(), self.sp.unk_id()) != (CLS, SEP, PAD, UNK) \
         or pieces[MASK] != "MASK":
       raise UserError(f"BPE file {path!r} does not use the special ids MASK 0, CLS 1, SEP 2, PAD 3, "
                       "UNK 4: fit it with python -m nlm_jax.bpe.")
-    del specials
     self.pieces = pieces
     self.vocab_size = len(pieces)
     self.is_nucleotides = np.array([i >= N_SPECIAL and bool(p) and set(p) <= set("ACGT")
                                     for i, p in enumerate(pieces)])
+    if not self.is_nucleotides.any():
+      raise UserError(f"BPE file {path!r} holds no nucleotide pieces (A, C, G, T): fit it on a "
+                      "FASTA file with python -m nlm_jax.bpe.")
     self.max_piece = max(len(p) for p, ok in zip(pieces, self.is_nucleotides) if ok)
     self.context_length = context_length
     self.window = (context_length - 1) * self.max_piece  # enough for context_length - 1 pieces

@@ -1,8 +1,8 @@
 """Host-side batches in NumPy: epoch sampling, windows, reading frames and masking.
 
-Every draw comes from a generator seeded by (seed, epoch, step, host), so a batch is a
-pure function of where it falls in the run. Batches are dicts of small integer
-arrays; one-hot encoding happens on the device.
+Every draw comes from a generator seeded by (seed, epoch, step, row of the global batch),
+so a batch is a pure function of where it falls in the run, whatever the number of
+hosts. Batches are dicts of small integer arrays; one-hot encoding happens on the device.
 
 Array suffixes: B batch rows, N nucleotides (window positions), L token positions,
 V vocabulary.
@@ -219,18 +219,23 @@ class TrainSampler:
 
   def batch(self, epoch: int, step: int) -> Batch:
     """This host's rows of batch `step` of `epoch`: a short last batch is filled with
-    rows without targets, so every batch has the same shape."""
+    rows without targets, so every batch has the same shape. Each row draws from its own
+    generator, keyed by its row of the global batch: the global batch is the same however
+    many hosts share it."""
     cfg = self.cfg
-    indices = self.indices(epoch, step)
-    rng = rng_for(cfg.seed, epoch, step, self.process_index)
     enc = self.encoding
-    codes, ended = read_windows(self.fa, indices, enc.window, rng, enc.unit,
-                                not cfg.no_random_reading_frame)
-    batch = enc.batch(codes, ended, rng)
+    indices = self.indices(epoch, step)
     local = cfg.batch_size // self.process_count
+    first = self.process_index * local  # this host's first row of the global batch
+    rows = []
+    for row in range(len(indices)):
+      rng = rng_for(cfg.seed, epoch, step, first + row)
+      codes, ended = read_windows(self.fa, indices[row:row + 1], enc.window, rng, enc.unit,
+                                  not cfg.no_random_reading_frame)
+      rows.append(enc.batch(codes, ended, rng))
     if len(indices) < local:
-      batch = concat([batch, enc.empty_rows(local - len(indices))])
-    return batch
+      rows.append(enc.empty_rows(local - len(indices)))
+    return concat(rows)
 
   def epoch(self, epoch: int, first_step: int = 0) -> Iterator[Batch]:
     for step in range(first_step, self.steps_per_epoch):

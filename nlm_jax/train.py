@@ -18,6 +18,7 @@ import numpy as np
 import optax
 from absl import logging
 from flax.training import train_state
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from nlm_jax import checkpoint as checkpoint_lib
@@ -298,7 +299,7 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
       dropout_key).compile()
   eval_step = make_eval_step(cfg, mesh, encoding.token_nucs)
   flops = step_flops(train_step)
-  peak = matmul_peak_flops(model_lib.compute_dtype(cfg), mesh.devices.flat[0])
+  peak = matmul_peak_flops(model_lib.compute_dtype(cfg), jax.local_devices()[0])
   logging.info("%s parameters; train step compiled in %.1f s; %d steps per epoch; %.3g FLOP "
                "per step and device, matmul peak %.3g FLOP/s", f"{n_params:,}",
                time.perf_counter() - t0, spe, flops, peak)
@@ -316,9 +317,12 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
   def meta(epoch: int, step: int) -> dict[str, Any]:
     return {"epoch": epoch, "step": step, "best": best, "history": rows}
 
+  # Hosts get SIGTERM at different steps: with several processes jax's preemption service
+  # (started by jax.distributed.initialize, it catches SIGTERM itself) names one step for all.
+  multihost = jax.process_count() > 1
   preempted = threading.Event()
   old_handler = None
-  if threading.current_thread() is threading.main_thread():
+  if not multihost and threading.current_thread() is threading.main_thread():
     old_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.set())
   stream = prefetch(all_batches())
   run_start = time.perf_counter()
@@ -333,14 +337,16 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
         state, metrics = train_step(state, to_device(next(stream), mesh), dropout_key)
         pending.append((step, metrics))
         done = epoch * spe + step + 1
-        save_now = preempted.is_set() or (
+        stop = (multihost_utils.reached_preemption_sync_point(done) if multihost
+                else preempted.is_set())
+        save_now = stop or (
             cfg.checkpoint_every_steps and done % cfg.checkpoint_every_steps == 0 and step + 1 < spe)
         if save_now or len(pending) >= 64 or step + 1 == spe:
           _check_finite(pending, epoch, spe, sums)
           pending = []
         if save_now:
           checkpointer.save(done, state, meta(epoch, step + 1), checkpoint_lib.NO_METRIC)
-        if preempted.is_set():
+        if stop:
           checkpointer.wait()
           raise Stopped(f"SIGTERM at epoch {epoch + 1}, step {step + 1}: saved the resume "
                         f"checkpoint in {cfg.checkpoint_path}; run the same command to go on.")

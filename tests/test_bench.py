@@ -8,12 +8,12 @@ import sys
 
 TRAIN_KEYS = {
     "kind", "config", "encoding_method", "d_model", "N", "context_length", "batch_size",
-    "batch_size_requested", "n_params", "devices", "precision", "compute_dtype", "compile_s", "step_memory_bytes", "warmup_steps",
-    "timed_steps", "step_s", "step_s_all", "train_samples_per_s", "nucleotides_per_sample",
-    "train_nucleotides_per_s", "flops_per_step", "flops_source", "flops_per_step_6nd",
-    "achieved_flops_per_s", "peak_flops_per_s", "peak_matmul_n", "peak_matmul_iters",
-    "peak_dtype", "mfu", "sampler_samples_per_s", "sampler_vs_train",
-    "host_load_1m"}
+    "batch_size_requested", "n_params", "devices", "precision", "compute_dtype", "compile_s",
+    "step_memory_bytes", "warmup_steps", "timed_steps", "step_s", "step_s_all",
+    "train_samples_per_s", "nucleotides_per_sample", "train_nucleotides_per_s",
+    "flops_per_step", "flops_source", "flops_per_step_6nd", "achieved_flops_per_s",
+    "peak_flops_per_s", "peak_matmul_n", "peak_matmul_iters", "peak_dtype", "mfu",
+    "host_load_1m", "sampler_samples_per_s", "sampler_vs_train"}
 FASTA_KEYS = {
     "kind", "config", "generate_s", "file_bytes", "n_sequences", "index_s", "stream_s",
     "batches", "rows_per_s", "distinct_sequences", "index_span", "max_rss_bytes",

@@ -11,9 +11,10 @@ from conftest import random_seqs, shared_path, write_fasta
 from nlm_jax import bpe, encodings, fasta as fasta_lib, model as model_lib, sampler, train
 from nlm_jax.config import Config
 
-# Whole runs use two of the eight fake devices: sharded, but without eight device threads
-# contending for two cores (XLA's CPU collectives then risk their 40 s rendezvous timeout).
-RUN_DEVICES = jax.devices()[:2]
+# Whole runs use one of the eight fake devices. XLA's in-process CPU collectives have hit
+# their 40 s rendezvous timeout (an abort) in long multi-device runs on a loaded 2-core
+# machine; the sharded step itself is tested on 8 devices in test_train.py.
+RUN_DEVICES = jax.devices()[:1]
 FIXTURE = "GTTAACTTGCCGTCAGCCTTTTCNTTGACCTCTTCTTTCTGTTCATGTGTATTTGCTGTC"
 
 

@@ -17,14 +17,6 @@ TINY_FLAGS = ["--d_model=32", "--n_kernels=32", "--N=1", "--h=2", "--kernel_size
               "--n_samples_per_epoch=32"]
 TIMEOUT_S = 300
 
-# Until sampler.TrainSampler.batch draws each row from a generator keyed by its row of the
-# global batch, two hosts train on other windows and masks than one host does. Only the
-# comparison of the histories is expected to fail: anything else fails the test.
-SAMPLER_DEPENDS_ON_HOST = (
-    "sampler.TrainSampler.batch seeds its draws (windows, masks) by (seed, epoch, step, "
-    "process_index): two hosts draw another global batch than one host with two devices.")
-
-
 class HistoriesDiffer(AssertionError):
   pass
 
@@ -125,11 +117,9 @@ def check(tmp_path, data, flags):
                               f"one process:   {rows1}\ntwo processes: {rows2}")
 
 
-@pytest.mark.xfail(strict=True, raises=HistoriesDiffer, reason=SAMPLER_DEPENDS_ON_HOST)
 def test_two_processes_train_as_one_process_with_two_devices_conv(tmp_path, data):
   check(tmp_path, data, TINY_FLAGS + ["--encoding_method=conv"])
 
 
-@pytest.mark.xfail(strict=True, raises=HistoriesDiffer, reason=SAMPLER_DEPENDS_ON_HOST)
 def test_two_processes_train_as_one_process_with_two_devices_kmer(tmp_path, data):
   check(tmp_path, data, TINY_FLAGS + ["--encoding_method=kmer", "--k=3"])

@@ -12,9 +12,10 @@ from conftest import random_seqs, write_fasta
 from nlm_jax import checkpoint, fasta as fasta_lib, history, sampler, synthetic, train
 from nlm_jax.config import Config
 
-# Whole runs use two of the eight fake devices: sharded, but without eight device threads
-# contending for two cores (XLA's CPU collectives then risk their 40 s rendezvous timeout).
-RUN_DEVICES = jax.devices()[:2]
+# Whole runs use one of the eight fake devices. XLA's in-process CPU collectives have hit
+# their 40 s rendezvous timeout (an abort) in long multi-device runs on a loaded 2-core
+# machine; the sharded step itself is tested on 8 devices in test_train.py.
+RUN_DEVICES = jax.devices()[:1]
 TINY = dict(d_model=32, n_kernels=32, N=2, h=4, kernel_size=3, context_length=16, batch_size=8,
             warmup_steps=4, n_samples_per_epoch=32, encoder_dropout=0.0)
 
@@ -67,8 +68,8 @@ def test_golden_one_step(tmp_path):
   assert int(state.step) == 1
 
 
-GOLDEN = dict(norm0=25.75360679626465, loss=1.614743709564209, count=45.0,
-              grad_norm=2.05578875541687, norm1=26.014297485351562)
+GOLDEN = dict(norm0=25.75360679626465, loss=1.5425994396209717, count=45.0,
+              grad_norm=1.2251229286193848, norm1=25.98287582397461)
 
 
 def test_one_device_and_eight_devices_agree(tmp_path):
