@@ -14,6 +14,7 @@ renames it when complete: a killed save leaves no half checkpoint behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -137,11 +138,25 @@ class Checkpointer:
     `batch` counts completed batches; a second save of the same batch is skipped."""
     if batch in self._manager.all_steps():
       return
-    self._manager.save(batch, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(state.params),
-        opt_state=ocp.args.StandardSave(state.opt_state),
-        step=ocp.args.StandardSave({"step": state.step}),
-        meta=ocp.args.JsonSave(meta)), metrics={METRIC: metric})
+    with self._reporting_failures():
+      self._manager.save(batch, args=ocp.args.Composite(
+          params=ocp.args.StandardSave(state.params),
+          opt_state=ocp.args.StandardSave(state.opt_state),
+          step=ocp.args.StandardSave({"step": state.step}),
+          meta=ocp.args.JsonSave(meta)), metrics={METRIC: metric})
+
+  @contextlib.contextmanager
+  def _reporting_failures(self):
+    """A failed save (full disk, lost permission) becomes one line; orbax writes into a
+    temporary folder and renames it only when complete, so earlier checkpoints remain."""
+    try:
+      yield
+    except UserError:
+      raise
+    except Exception as e:
+      raise UserError(f"saving a checkpoint in {self.path!r} failed ({str(e).splitlines()[0][:200]}): "
+                      "free disk space or fix the folder's permissions, then run the same command "
+                      "to resume from the last checkpoint, which is intact.") from None
 
   def restore_latest(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
     """(state, meta) of the newest checkpoint that reads back whole, or None if there is
@@ -166,11 +181,13 @@ class Checkpointer:
     return None
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    with self._reporting_failures():
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    with self._reporting_failures():
+      self._manager.wait_until_finished()
+      self._manager.close()
 
 
 def restore(path: str) -> tuple[Config, Any]:

@@ -157,3 +157,28 @@ def test_non_finite_step_changes_nothing_and_stops_the_run(tmp_path):
     train._check_finite([(2, {"loss_sum": 1.0, "grad_norm": 1.0, "count": 1.0}),
                          (3, {"loss_sum": np.nan, "grad_norm": 1.0, "count": 1.0})], 1, 10,
                         {"loss_sum": 0.0, "count": 0.0, "grad_norm": 0.0, "steps": 0})
+
+
+def test_failed_save_is_reported_and_earlier_checkpoints_remain(data, tmp_path, monkeypatch):
+  """A save that fails (here: a full disk on the second epoch's save) stops the run with
+  one line; the first epoch's checkpoint stays whole and the run resumes from it."""
+  cfg = Config(*data, d_model=32, n_kernels=32, N=1, h=2, kernel_size=3, context_length=16,
+               batch_size=8, warmup_steps=20, epochs=2, n_samples_per_epoch=40,
+               checkpoint_every_steps=0, results_dir=str(tmp_path / "R"),
+               model_dir=str(tmp_path / "M"))
+  saves = []
+  real_save = checkpoint.ocp.CheckpointManager.save
+
+  def save(self, step, *args, **kwargs):
+    saves.append(step)
+    if len(saves) == 2:
+      raise OSError(28, "No space left on device")
+    return real_save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(checkpoint.ocp.CheckpointManager, "save", save)
+  with pytest.raises(checkpoint.UserError, match="No space left on device.*intact"):
+    train.run(cfg, devices=jax.devices()[:1])
+  monkeypatch.undo()
+  assert sorted(int(n) for n in os.listdir(cfg.checkpoint_path) if n.isdigit()) == [5]
+  rows = train.run(cfg, devices=jax.devices()[:1])
+  assert len(rows) == 2
