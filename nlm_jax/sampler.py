@@ -28,6 +28,25 @@ def rng_for(*key: int) -> np.random.Generator:
   return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
 
 
+class RowRandom:
+  """Draws with one generator per row: row r of every (rows, ...) draw comes from gens[r],
+  so a row's windows and masks do not depend on which other rows share its batch."""
+
+  def __init__(self, gens: list[np.random.Generator]):
+    self.gens = gens
+
+  def random(self, shape: tuple[int, ...]) -> np.ndarray:
+    return np.stack([g.random(shape[1:]) for g in self.gens]) if self.gens else np.empty(shape)
+
+  def integers(self, low, high, size: tuple[int, ...] | None = None, dtype=np.int64) -> np.ndarray:
+    if size is None:  # one draw per row, bounds per row
+      high = np.broadcast_to(high, (len(self.gens),))
+      return np.array([g.integers(low, h) for g, h in zip(self.gens, high)], dtype=np.int64)
+    if not self.gens:
+      return np.empty(size, dtype=dtype)
+    return np.stack([g.integers(low, high, size=size[1:], dtype=dtype) for g in self.gens])
+
+
 def epoch_order(n_train: int, n_samples: int, rng: np.random.Generator) -> np.ndarray:
   """Indices of one epoch, as lncRNA-Py's RandomSampler draws them (original 4.3).
 
@@ -39,7 +58,7 @@ def epoch_order(n_train: int, n_samples: int, rng: np.random.Generator) -> np.nd
   return np.concatenate(parts)
 
 
-def windows(lengths: np.ndarray, n_out: int, rng: np.random.Generator | None,
+def windows(lengths: np.ndarray, n_out: int, rng: np.random.Generator | RowRandom | None,
             unit: int, random_frame: bool) -> tuple[np.ndarray, np.ndarray]:
   """(start, stop) in each sequence of the window that fills at most n_out positions.
 
@@ -65,7 +84,7 @@ def windows(lengths: np.ndarray, n_out: int, rng: np.random.Generator | None,
 
 
 def read_windows(fa: fasta_lib.Fasta, indices: np.ndarray, n_out: int,
-                 rng: np.random.Generator | None, unit: int,
+                 rng: np.random.Generator | RowRandom | None, unit: int,
                  random_frame: bool) -> tuple[np.ndarray, np.ndarray]:
   """uint8 codes (B, n_out) of the sequences' windows, PAD after each sequence's end,
   and whether each window reaches the end of its sequence (B,)."""
@@ -119,7 +138,7 @@ def mask_conv(codes_BxN: np.ndarray, rng: np.random.Generator, cfg: Config) -> B
   random_BxN = np.zeros((n_rows, n), dtype=bool)
   random_BxN[rows, random] = True
   random_BxN &= is_target_BxN
-  inputs_BxN[random_BxN] = rng.integers(0, 4, size=int(random_BxN.sum()), dtype=np.uint8)
+  inputs_BxN[random_BxN] = rng.integers(0, 4, size=(n_rows, n), dtype=np.uint8)[random_BxN]
   masked_BxN = np.zeros((n_rows, n), dtype=bool)
   masked_BxN[rows, masked] = True
   inputs_BxN[masked_BxN & is_target_BxN] = fasta_lib.N
@@ -140,7 +159,7 @@ def mask_tokens(ids_BxL: np.ndarray, rng: np.random.Generator, cfg: Config,
   inputs_BxL = ids_BxL.copy()
   inputs_BxL[masked_BxL] = encodings.MASK
   candidates = np.flatnonzero(is_nucleotides_V).astype(ids_BxL.dtype)
-  inputs_BxL[random_BxL] = rng.choice(candidates, size=int(random_BxL.sum()))
+  inputs_BxL[random_BxL] = candidates[rng.integers(0, len(candidates), size=ids_BxL.shape)][random_BxL]
   targets_BxL = np.where(selected_BxL, ids_BxL, IGNORE).astype(np.int32)
   return {"inputs": inputs_BxL, "targets": targets_BxL}
 
@@ -227,15 +246,13 @@ class TrainSampler:
     indices = self.indices(epoch, step)
     local = cfg.batch_size // self.process_count
     first = self.process_index * local  # this host's first row of the global batch
-    rows = []
-    for row in range(len(indices)):
-      rng = rng_for(cfg.seed, epoch, step, first + row)
-      codes, ended = read_windows(self.fa, indices[row:row + 1], enc.window, rng, enc.unit,
-                                  not cfg.no_random_reading_frame)
-      rows.append(enc.batch(codes, ended, rng))
+    rng = RowRandom([rng_for(cfg.seed, epoch, step, first + row) for row in range(len(indices))])
+    codes, ended = read_windows(self.fa, indices, enc.window, rng, enc.unit,
+                                not cfg.no_random_reading_frame)
+    batch = enc.batch(codes, ended, rng)
     if len(indices) < local:
-      rows.append(enc.empty_rows(local - len(indices)))
-    return concat(rows)
+      batch = concat([batch, enc.empty_rows(local - len(indices))])
+    return batch
 
   def epoch(self, epoch: int, first_step: int = 0) -> Iterator[Batch]:
     for step in range(first_step, self.steps_per_epoch):
