@@ -47,7 +47,7 @@ def plot(folder: str, rows: list[dict[str, float]]) -> None:
       ax.plot(epochs, [r[f"{metric}|{split}"] for r in rows], marker=".", label=label)
     ax.set_xlabel("Epoch")
     ax.set_ylabel(metric)
-    fig.legend()
+    ax.legend()  # best placement: a figure legend covered the ends of the curves
     fig.tight_layout()
     _replace(os.path.join(folder, f"{metric.lower()}.png"),
              lambda tmp: fig.savefig(tmp, format="png", dpi=100))
