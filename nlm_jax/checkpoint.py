@@ -203,8 +203,3 @@ def restore(path: str) -> tuple[Config, Any]:
       params=ocp.args.StandardRestore(train.abstract_params(cfg))))
   manager.close()
   return cfg, restored["params"]
-
-
-def holds_checkpoint(path: str) -> bool:
-  return bool(_steps(path))
-
