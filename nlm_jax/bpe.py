@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import sys
 import threading
 import time
 
@@ -21,6 +20,7 @@ import numpy as np
 from absl import app
 from absl import flags
 
+from nlm_jax import cli
 from nlm_jax.config import UserError
 
 MAX_SENTENCE = 10_000
@@ -108,8 +108,7 @@ def fit(fasta_path: str, vocab_size: int, out_path: str) -> int:
 
 
 def fail(message: str) -> None:
-  print(f"nlm_jax.bpe: error: {message}", file=sys.stderr)
-  sys.exit(2)
+  cli.fail("nlm_jax.bpe", message)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

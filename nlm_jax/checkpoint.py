@@ -3,6 +3,7 @@ the best-Accuracy|valid checkpoint and the latest (resume) checkpoint.
 
 model_dir/exp_name/
   config.json       the run's Config: enough to rebuild the model and to resume
+  tokenizer.bpe     BPE encodings: a copy of --bpe_file
   <batch>/          orbax steps, numbered by completed batches: params, opt_state,
                     meta (epoch, step in epoch, best, history) and metrics
 
@@ -31,6 +32,7 @@ from nlm_jax.config import Config, UserError
 METRIC = "Accuracy|valid"
 NO_METRIC = -1.0  # saves inside an epoch: never "best"
 CONFIG_FILE = "config.json"
+BPE_FILE = "tokenizer.bpe"  # a copy of --bpe_file, for BPE encodings
 
 
 def _best_fn(metrics: dict[str, float]) -> float:

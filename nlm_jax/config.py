@@ -306,6 +306,20 @@ class Config:
     return cls(**{k: v for k, v in json.loads(text).items() if k in fields})
 
 
+def check_writable(folder: str, what: str, flag: str) -> None:
+  """Fails unless `folder` exists as a writable folder or could be created; creates nothing,
+  so a run refused for one folder leaves no trace in the other."""
+  parent = os.path.abspath(folder)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise UserError(f"cannot create the {what} folder {folder!r}: {parent!r} is a file. Choose "
+                    f"another {flag}.")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise UserError(f"the {what} folder {folder!r} is not writable ({parent!r}): choose a "
+                    f"writable {flag}.")
+
+
 def _under(data_dir: str, path: str) -> str:
   return os.path.join(data_dir, path) if data_dir else path
 

@@ -64,6 +64,16 @@ class KmerTokenizer:
     row[0, :len(codes)] = codes
     return self(row, np.array([len(codes) // self.k < self.context_length]))[0]
 
+  def spans(self, codes_N: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A whole sequence's token ids and the [start, end) of each token's nucleotides
+    (a trailing partial k-mer is dropped)."""
+    n_tokens = len(codes_N) // self.k
+    kmers_Txk = codes_N[:n_tokens * self.k].reshape(n_tokens, self.k).astype(np.int64)
+    ids_T = N_SPECIAL + np.sum(np.minimum(kmers_Txk, 3) * 4 ** np.arange(self.k - 1, -1, -1), axis=1)
+    ids_T = np.where(np.any(kmers_Txk >= fasta_lib.N, axis=1), UNK, ids_T).astype(np.int32)
+    starts = np.arange(n_tokens) * self.k
+    return ids_T, starts, starts + self.k
+
   def token_nucleotides(self) -> np.ndarray:
     """(V, k) nucleotide codes of every token; -1 for special tokens."""
     table = np.full((self.vocab_size, self.k), -1, dtype=np.int8)
@@ -126,6 +136,13 @@ class BpeTokenizer:
     return _finish_rows(np.array([ids[:n_pos] + [PAD] * (n_pos - len(ids[:n_pos]))]),
                         np.array([min(len(ids), n_pos)]), np.array([len(ids) < n_pos]),
                         self.context_length)[0]
+
+  def spans(self, codes_N: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A whole sequence's piece ids and the [start, end) of each piece's nucleotides."""
+    text = _LETTERS[codes_N].tobytes().decode()
+    pieces = self.sp.encode(text, return_type="proto").pieces
+    return (np.array([p.id for p in pieces], np.int32), np.array([p.begin for p in pieces], np.int64),
+            np.array([p.end for p in pieces], np.int64))
 
   def token_nucleotides(self) -> np.ndarray:
     table = np.full((self.vocab_size, self.max_piece), -1, dtype=np.int8)

@@ -27,6 +27,28 @@ for _i, _c in enumerate("ACGT"):
 _CODES[ord("U")] = _CODES[ord("u")] = T
 
 
+# What a nucleotide sequence may hold: IUPAC codes and U, either case, and the gaps - and
+# . (all but A, C, G, T, U read as N). Anything else (E, F, L, P, *, digits) is refused
+# where sequences are embedded: it suggests a protein file.
+NUCLEOTIDE_LETTERS = "ACGTUNRYKMSWBDHV"
+_FOREIGN = np.ones(256, dtype=bool)
+for _c in NUCLEOTIDE_LETTERS:
+  _FOREIGN[ord(_c)] = _FOREIGN[ord(_c.lower())] = False
+_FOREIGN[ord("-")] = _FOREIGN[ord(".")] = False
+
+
+def check_letters(seq: str, what: str, allowed: str = "") -> None:
+  """Raises UserError naming the first character of `seq` that is no nucleotide letter."""
+  foreign = _FOREIGN[np.frombuffer(seq.encode("latin-1", "replace"), dtype=np.uint8)]
+  for c in allowed:
+    foreign &= np.frombuffer(seq.encode("latin-1", "replace"), dtype=np.uint8) != ord(c)
+  if foreign.any():
+    i = int(np.argmax(foreign))
+    raise UserError(f"{what} holds {seq[i]!r} at position {i + 1}, which is no nucleotide letter "
+                    f"({NUCLEOTIDE_LETTERS}, any case, or a gap): is it a protein sequence? Fix "
+                    "or remove it.")
+
+
 def encode(seq: str) -> np.ndarray:
   """Maps a sequence to uint8 codes A0 C1 G2 T3 N4 (U is T, anything else is N)."""
   return _CODES[np.frombuffer(seq.encode("latin-1"), dtype=np.uint8)]
@@ -61,9 +83,11 @@ class Fasta:
   """Random access to the normalised sequences of one FASTA file.
 
   Not thread-safe and not fork-safe (pyfastx): open one per thread or process.
+  cache_gzip=False skips the cache of a gzipped file, for callers that only read
+  `lengths` and stream the records themselves.
   """
 
-  def __init__(self, path: str, what: str = "the"):
+  def __init__(self, path: str, what: str = "the", cache_gzip: bool = True):
     _check_fasta_file(path, what)
     self.path = path
     try:
@@ -81,7 +105,7 @@ class Fasta:
       raise UserError(f"{what} FASTA {path!r} has {len(empty)} record(s) without sequence ({names}"
                       f"{', ...' if len(empty) > 3 else ''}): remove them.")
     self._cache = None
-    if self._fa.is_gzip:
+    if self._fa.is_gzip and cache_gzip:
       self._offsets = np.concatenate([[0], np.cumsum(self.lengths)])
       self._cache = np.empty(int(self._offsets[-1]), dtype=np.uint8)
       for i, record in enumerate(pyfastx.Fastx(path, uppercase=False)):

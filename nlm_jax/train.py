@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import queue
+import shutil
 import signal
 import threading
 import time
@@ -27,7 +28,7 @@ from nlm_jax import history as history_lib
 from nlm_jax import model as model_lib
 from nlm_jax import optim
 from nlm_jax import sampler as sampler_lib
-from nlm_jax.config import Config, UserError
+from nlm_jax.config import Config, UserError, check_writable
 
 EVAL_ROWS = 64  # evaluation batches hold at least this many rows: fewer, larger steps
 
@@ -156,20 +157,6 @@ def evaluate(eval_step: Callable, params: Any, data: sampler_lib.Batch, mesh: Me
           "NucAccuracy": t["nuc_correct"] / max(t["nuc_count"], 1.0)}
 
 
-def _check_writable(folder: str, what: str, flag: str) -> None:
-  """Fails unless `folder` exists as a writable folder or could be created; creates nothing,
-  so a run refused for one folder leaves no trace in the other."""
-  parent = os.path.abspath(folder)
-  while not os.path.exists(parent):
-    parent = os.path.dirname(parent)
-  if not os.path.isdir(parent):
-    raise UserError(f"cannot create the {what} folder {folder!r}: {parent!r} is a file. Choose "
-                    f"another {flag}.")
-  if not os.access(parent, os.W_OK | os.X_OK):
-    raise UserError(f"the {what} folder {folder!r} is not writable ({parent!r}): choose a "
-                    f"writable {flag}.")
-
-
 def _duration(seconds: float) -> str:
   m, s = divmod(int(seconds), 60)
   h, m = divmod(m, 60)
@@ -250,11 +237,13 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
   valid_fa = fasta_lib.Fasta(cfg.valid_path, "validation")
   writer = jax.process_index() == 0
   if writer:
-    _check_writable(cfg.model_root, "model", "--model_dir")
-    _check_writable(cfg.results_path, "results", "--results_dir")
+    check_writable(cfg.model_root, "model", "--model_dir")
+    check_writable(cfg.results_path, "results", "--results_dir")
   checkpointer = checkpoint_lib.Checkpointer(cfg.checkpoint_path, cfg)
   if writer:
     os.makedirs(cfg.results_path, exist_ok=True)
+    if cfg.encoding_method == "bpe":  # the model folder is complete without --data_dir
+      shutil.copyfile(cfg.bpe_path, os.path.join(cfg.checkpoint_path, checkpoint_lib.BPE_FILE))
 
   logging.info("process %d of %d, %d devices (%s), %s; experiment %s", jax.process_index(),
                jax.process_count(), n_devices, platform, cfg.precision, cfg.exp_name)

@@ -179,6 +179,13 @@ def test_bpe_fit_then_pretrain(tmp_path):
   rows = train.run(cfg, devices=RUN_DEVICES)
   assert np.isfinite(rows[0]["Loss|valid"]) and 0 <= rows[0]["NucAccuracy|valid"] <= 1
   assert cfg.exp_name == "MLM_bpe_vs40_dm32_N1_h2_bs8_ws4_cl16_d0"
+  # The model folder keeps a copy of the BPE model: it loads after the original is gone.
+  import nlm_jax
+  seqs = random_seqs(3, 20, 60, seed=5)
+  before = nlm_jax.load(cfg.checkpoint_path, devices=RUN_DEVICES).embed(seqs)
+  os.remove(tmp_path / "features" / "40.bpe")
+  after = nlm_jax.load(cfg.checkpoint_path, devices=RUN_DEVICES).embed(seqs)
+  np.testing.assert_array_equal(after, before)
 
 
 def test_bpe_fit_refuses_to_overwrite(tmp_path):

@@ -1,0 +1,171 @@
+r"""Embeds every record of a FASTA file with a pre-trained model.
+
+  python -m nlm_jax.embed MODEL_DIR FASTA OUT.npz [--pooling mean|max|cls]
+      [--long_sequences windows|truncate] [--batch_size 64] [--precision auto] [--overwrite]
+
+MODEL_DIR is a pre-training folder (model_dir/exp_name; its best checkpoint) or an export
+folder. OUT.npz holds
+  ids         the record names, in file order (str)
+  lengths     the records' lengths in nucleotides (int64)
+  embeddings  (records, d_model) float32: row i embeds record i
+Pooling and long sequences: see nlm_jax/pretrained.py. Progress goes to stdout, errors to
+stderr (one line). Records are read one after another
+and embedded in chunks, and the embeddings are streamed into the file as they come, so
+memory does not grow with the number of records. The file is written under a temporary
+name and renamed when complete; an existing OUT is refused unless --overwrite.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import zipfile
+from typing import Iterator
+
+import numpy as np
+from absl import flags
+
+from nlm_jax import fasta as fasta_lib
+from nlm_jax.config import UserError, check_writable
+
+_POOLING = flags.DEFINE_enum("pooling", "mean", ["mean", "max", "cls"],
+                             "mean or max over the real positions, or the CLS output.")
+_LONG = flags.DEFINE_enum("long_sequences", "windows", ["windows", "truncate"],
+                          "Sequences longer than the context: pool over all their windows, "
+                          "or keep the first window only.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Rows per device step.", lower_bound=1)
+_PRECISION = flags.DEFINE_enum("precision", "auto", ["auto", "fp32", "bf16"],
+                               "auto: bf16 on GPU/TPU, fp32 on CPU.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace OUT if it exists.")
+
+
+class NpzStream:
+  """An .npz file whose `embeddings` member is written row block by row block. np.load
+  reads it as any .npz."""
+
+  def __init__(self, path: str, n_rows: int, d: int):
+    self.zf = zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True)
+    self.f = self.zf.open("embeddings.npy", "w", force_zip64=True)
+    np.lib.format.write_array_header_1_0(self.f, {
+        "descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False,
+        "shape": (n_rows, d)})
+    self.rows, self.n_rows = 0, n_rows
+
+  def write(self, block: np.ndarray) -> None:
+    self.f.write(np.ascontiguousarray(block, dtype="<f4").tobytes())
+    self.rows += len(block)
+
+  def abort(self) -> None:
+    self.f.close()
+    self.zf.close()
+
+  def close(self, **arrays: np.ndarray) -> None:
+    """Adds the other members; the row count must be what the header promised."""
+    self.f.close()
+    assert self.rows == self.n_rows, (self.rows, self.n_rows)
+    for name, a in arrays.items():
+      with self.zf.open(f"{name}.npy", "w", force_zip64=True) as f:
+        np.lib.format.write_array(f, np.asarray(a), allow_pickle=False)
+    self.zf.close()
+
+
+class Progress:
+  """A progress bar on stdout (a line every 10% when stdout is no terminal)."""
+
+  def __init__(self, total_nt: int, total_records: int):
+    self.total_nt, self.total_records = total_nt, total_records
+    self.start = time.perf_counter()
+    self.tty = sys.stdout.isatty()
+    self.next_line = 0.1
+
+  def update(self, nt: int, records: int) -> None:
+    done = nt / max(self.total_nt, 1)
+    if not self.tty and done < self.next_line and records < self.total_records:
+      return
+    self.next_line = done + 0.1
+    elapsed = time.perf_counter() - self.start
+    left = elapsed / done * (1 - done) if done > 0 else 0.0
+    bar = "#" * int(30 * done) + "." * (30 - int(30 * done))
+    line = (f"[{bar}] {records:,}/{self.total_records:,} records, "
+            f"{nt / max(elapsed, 1e-9):.3g} nt/s, {elapsed:.0f} s elapsed, {left:.0f} s left")
+    print(("\r" if self.tty else "") + line, end="" if self.tty else "\n", flush=True)
+
+  def close(self) -> None:
+    if self.tty:
+      print()
+
+
+def _records(path: str) -> Iterator[tuple[str, str]]:
+  import pyfastx
+
+  for name, seq in pyfastx.Fastx(path, uppercase=False):
+    fasta_lib.check_letters(seq, f"record {name!r} of {path!r}")
+    yield name, seq
+
+
+def check_output(out: str, overwrite: bool) -> None:
+  if not out.endswith(".npz"):
+    raise UserError(f"OUT {out!r} must end in .npz.")
+  if os.path.isdir(out):
+    raise UserError(f"OUT {out!r} is a folder: pass a file name ending in .npz.")
+  if os.path.exists(out) and not overwrite:
+    raise UserError(f"OUT {out!r} exists: choose another name or add --overwrite.")
+  check_writable(os.path.dirname(os.path.abspath(out)), "output", "OUT")
+
+
+def embed_fasta(model_dir: str, fasta_path: str, out: str, pooling: str = "mean",
+                long_sequences: str = "windows", batch_size: int = 64,
+                precision: str = "auto", overwrite: bool = False) -> int:
+  """Writes `out` (see the module docstring); returns the number of records."""
+  check_output(out, overwrite)
+  fa = fasta_lib.Fasta(fasta_path, "input", cache_gzip=False)  # validates; lengths
+  lengths = fa.lengths
+  from nlm_jax import pretrained
+
+  model = pretrained.load(model_dir, precision=precision, batch_size=batch_size)
+  print(f"embedding {len(lengths):,} records ({int(lengths.sum()):,} nt) of {fasta_path} with "
+        f"{model.cfg.exp_name} ({pooling} pooling, {model.cfg.precision}, "
+        f"{model.mesh.devices.size} device(s))", flush=True)
+  names: list[str] = []
+
+  def sequences() -> Iterator[str]:
+    for name, seq in _records(fasta_path):
+      names.append(name)
+      yield seq
+
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  tmp = f"{out}.tmp-{os.getpid()}"
+  progress = Progress(int(lengths.sum()), len(lengths))
+  stream = None
+  try:
+    stream = NpzStream(tmp, len(lengths), model.d_model)
+    for block in model.embed_stream(sequences(), pooling, long_sequences):
+      stream.write(block)
+      progress.update(int(lengths[:stream.rows].sum()), stream.rows)
+    progress.close()
+    stream.close(ids=np.array(names, dtype=str), lengths=lengths)
+    os.replace(tmp, out)
+  except BaseException:
+    if stream is not None and stream.rows < stream.n_rows:
+      stream.abort()
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return len(lengths)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) != 4:
+    raise UserError(f"expected MODEL_DIR, FASTA and OUT, got {len(argv) - 1} argument(s). Usage: "
+                    "python -m nlm_jax.embed MODEL_DIR FASTA OUT.npz [--pooling mean]")
+  start = time.perf_counter()
+  n = embed_fasta(argv[1], argv[2], argv[3], _POOLING.value, _LONG.value, _BATCH_SIZE.value,
+                  _PRECISION.value, _OVERWRITE.value)
+  print(f"wrote {argv[3]}: {n:,} embeddings in {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+  from nlm_jax import cli
+
+  cli.run(main, "nlm_jax.embed")

@@ -1,0 +1,244 @@
+r"""Exports a pre-trained model to safetensors, in lncRNA-Py's layout, so the weights
+load outside JAX.
+
+  python -m nlm_jax.export MODEL_DIR OUT_DIR [--overwrite]
+
+MODEL_DIR is a pre-training folder (model_dir/exp_name); its best checkpoint is exported.
+OUT_DIR receives:
+  model.safetensors  float32 tensors named and laid out as lncRNA-Py's MaskedConvModel /
+                     MaskedTokenModel name them (original-behaviour.md 11.3): PyTorch
+                     layouts, i.e. Linear weights (out, in), Conv1d (n_kernels, 4, ks),
+                     ConvTranspose1d (C, 4, ks); the sinusoidal table as `...pe`
+  config.json        lncRNA-Py's constructor arguments of that model
+  nlm_jax.json       the nlm_jax configuration: `nlm_jax.load(OUT_DIR)` reads the folder
+  tokenizer.bpe      the BPE model, for BPE encodings
+
+Key names and shapes follow lncRNA-Py, so `MaskedConvModel.from_pretrained(OUT_DIR)`
+should load the folder (not tried here: no PyTorch). lncRNA-Py's conv head only builds
+when d_model == n_kernels (its channel bug); nlm_jax's exports of other shapes load in
+nlm_jax and any safetensors reader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import numpy as np
+from absl import flags
+
+from nlm_jax import checkpoint as checkpoint_lib
+from nlm_jax.config import Config, UserError, check_writable
+
+WEIGHTS = "model.safetensors"
+LNCRNAPY_CONFIG = "config.json"
+EXPORT_CONFIG = "nlm_jax.json"
+BPE_FILE = checkpoint_lib.BPE_FILE
+PE_LENGTH = 5000  # lncRNA-Py's stored sinusoidal table
+
+
+def _linear_to(k):  # Flax Dense kernel (in, out) -> torch Linear weight (out, in)
+  return k.T
+
+
+def _conv_to(k):  # (ks * 4, n_kernels), rows j * 4 + c -> Conv1d (n_kernels, 4, ks)
+  return k.reshape(-1, 4, k.shape[1]).transpose(2, 1, 0)
+
+
+def _conv_from(w):
+  return w.transpose(2, 1, 0).reshape(-1, w.shape[0])
+
+
+def _deconv_to(k):  # (C, ks * 4), columns j * 4 + o -> ConvTranspose1d (C, 4, ks)
+  return k.reshape(k.shape[0], -1, 4).transpose(0, 2, 1)
+
+
+def _deconv_from(w):
+  return w.transpose(0, 2, 1).reshape(w.shape[0], -1)
+
+
+def _same(x):
+  return x
+
+
+# layout name -> (to torch, from torch)
+LAYOUTS = {"same": (_same, _same), "linear": (_linear_to, _linear_to),
+           "conv": (_conv_to, _conv_from), "deconv": (_deconv_to, _deconv_from)}
+
+
+def key_map(cfg: Config) -> list[tuple[tuple[str, ...], str, str]]:
+  """(Flax parameter path, lncRNA-Py tensor name, layout) of every parameter."""
+  entries = []
+
+  def dense(path: tuple[str, ...], name: str) -> None:
+    entries.extend([(path + ("kernel",), name + ".weight", "linear"),
+                    (path + ("bias",), name + ".bias", "same")])
+
+  def norm(path: tuple[str, ...], name: str) -> None:
+    entries.extend([(path + ("scale",), name + ".weight", "same"),
+                    (path + ("bias",), name + ".bias", "same")])
+
+  if cfg.is_token:
+    entries.append((("embedding", "embedding"), "base_arch.embedder.weight", "same"))
+  else:
+    stem = "base_arch.conv_seq_embedder."
+    entries += [(("stem", "cls"), stem + "cls_token", "same"),
+                (("stem", "conv", "kernel"), stem + "conv_seq_encoder.cse_layers.0.weight", "conv"),
+                (("stem", "conv", "bias"), stem + "conv_seq_encoder.cse_layers.0.bias", "same")]
+    if cfg.use_input_linear:
+      dense(("stem", "input_linear"), stem + "linear")
+  for i in range(cfg.N):
+    block, name = ("encoder", f"block_{i}"), f"base_arch.encoder.layers.{i}."
+    for j, proj in enumerate("qkvo"):
+      dense(block + (proj,), name + f"0.linears.{j}")
+    norm(block + ("LayerNorm_0",), name + "1.norm")
+    dense(block + ("ff_in",), name + "2.lin_1")
+    dense(block + ("ff_out",), name + "2.lin_2")
+    norm(block + ("LayerNorm_1",), name + "3.norm")
+  norm(("encoder", "final_norm"), "base_arch.encoder.norm")
+  if cfg.is_token:
+    dense(("mlm",), "mlm_layer")
+  else:
+    if not cfg.no_output_linear:
+      dense(("head", "output_linear"), "linear")
+    deconv = f"transposed_conv_layers.{1 if cfg.output_relu else 0}"
+    entries += [(("head", "deconv", "kernel"), deconv + ".weight", "deconv"),
+                (("head", "deconv_bias"), deconv + ".bias", "same")]
+  return entries
+
+
+def _pe_name(cfg: Config) -> str:
+  return "base_arch.pos_encoder.pe" if cfg.is_token else "base_arch.positional_encoder.pe"
+
+
+def to_tensors(cfg: Config, params: Any) -> dict[str, np.ndarray]:
+  """lncRNA-Py's tensors (float32, contiguous) from nlm_jax parameters."""
+  from nlm_jax import model as model_lib
+
+  out = {}
+  for path, name, layout in key_map(cfg):
+    x = params
+    for p in path:
+      x = x[p]
+    out[name] = np.ascontiguousarray(LAYOUTS[layout][0](np.asarray(x, np.float32)))
+  out[_pe_name(cfg)] = model_lib.sinusoidal(PE_LENGTH, cfg.d_model)[None]
+  return out
+
+
+def from_tensors(cfg: Config, tensors: dict[str, np.ndarray]) -> dict[str, Any]:
+  """nlm_jax parameters from lncRNA-Py's tensors; every name must be there with the
+  shape the configuration gives."""
+  from nlm_jax import train
+
+  abstract = train.abstract_params(cfg)
+  params: dict[str, Any] = {}
+  for path, name, layout in key_map(cfg):
+    if name not in tensors:
+      raise UserError(f"the weights hold no tensor {name!r}: export the model again with "
+                      "python -m nlm_jax.export.")
+    x = LAYOUTS[layout][1](np.asarray(tensors[name], np.float32))
+    want = abstract
+    for p in path:
+      want = want[p]
+    if x.shape != want.shape:
+      raise UserError(f"tensor {name!r} has shape {x.shape}, the configuration needs "
+                      f"{want.shape}: export the model again with python -m nlm_jax.export.")
+    node = params
+    for p in path[:-1]:
+      node = node.setdefault(p, {})
+    node[path[-1]] = x
+  return params
+
+
+def lncrnapy_config(cfg: Config) -> dict[str, Any]:
+  """The constructor arguments lncRNA-Py's from_pretrained reads (original 11.3)."""
+  base = {"N": cfg.N, "d_ff": cfg.ff_dim, "d_model": cfg.d_model, "dropout": 0.1, "h": cfg.n_heads}
+  if cfg.is_token:
+    base.update(type="BERT", vocab_size=cfg.vocab_size)
+    return {"base_arch": None, "base_arch_config": base, "dropout": cfg.dropout,
+            "pred_batch_size": cfg.batch_size}
+  base.update(input_linear=cfg.use_input_linear, input_relu=not cfg.no_input_relu,
+              kernel_size=cfg.kernel_size, n_hidden_kernels=0, n_kernels=cfg.n_kernels,
+              type="CSEBERT")
+  return {"base_arch": None, "base_arch_config": base, "dropout": cfg.dropout,
+          "n_hidden_kernels": 0, "output_linear": not cfg.no_output_linear,
+          "output_relu": cfg.output_relu, "pred_batch_size": cfg.batch_size}
+
+
+def export(model_dir: str, out_dir: str, overwrite: bool = False) -> str:
+  """Writes the best checkpoint of `model_dir` to `out_dir` (see the module docstring).
+  The folder is written under a temporary name and renamed when complete; an existing
+  `out_dir` is refused unless `overwrite`."""
+  from safetensors.numpy import save_file
+
+  if os.path.exists(out_dir) and not overwrite:
+    raise UserError(f"{out_dir!r} exists: choose another OUT_DIR or add --overwrite.")
+  parent = os.path.dirname(os.path.abspath(out_dir))
+  check_writable(parent, "output", "OUT_DIR")
+  cfg, params = checkpoint_lib.restore(model_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+  umask = os.umask(0)
+  os.umask(umask)
+  try:
+    save_file(to_tensors(cfg, params), os.path.join(tmp, WEIGHTS),
+              metadata={"format": "pt", "exported_by": "nlm_jax", "exp_name": cfg.exp_name})
+    with open(os.path.join(tmp, LNCRNAPY_CONFIG), "w") as f:
+      json.dump(lncrnapy_config(cfg), f, indent=2, sort_keys=True)
+    with open(os.path.join(tmp, EXPORT_CONFIG), "w") as f:
+      f.write(cfg.to_json())
+    if cfg.encoding_method == "bpe":
+      bpe = os.path.join(model_dir, BPE_FILE)
+      shutil.copyfile(bpe if os.path.isfile(bpe) else cfg.bpe_path, os.path.join(tmp, BPE_FILE))
+    os.chmod(tmp, 0o777 & ~umask)
+    for name in os.listdir(tmp):
+      os.chmod(os.path.join(tmp, name), 0o666 & ~umask)
+    if os.path.exists(out_dir):  # --overwrite: the old folder goes only once the new one is whole
+      old = tmp + ".old"
+      os.rename(out_dir, old)
+      os.rename(tmp, out_dir)
+      shutil.rmtree(old)
+    else:
+      os.rename(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return out_dir
+
+
+def read(path: str) -> tuple[Config, dict[str, Any]]:
+  """(config, params) of an export folder."""
+  from safetensors import SafetensorError
+  from safetensors.numpy import load_file
+
+  try:
+    with open(os.path.join(path, EXPORT_CONFIG)) as f:
+      cfg = Config.from_json(f.read())
+  except (OSError, ValueError, TypeError) as e:
+    raise UserError(f"{os.path.join(path, EXPORT_CONFIG)!r} cannot be read ({e}): export the "
+                    "model again with python -m nlm_jax.export.") from None
+  weights = os.path.join(path, WEIGHTS)
+  try:
+    tensors = load_file(weights)
+  except (OSError, SafetensorError) as e:
+    raise UserError(f"{weights!r} cannot be read ({str(e).splitlines()[0][:120]}): export the "
+                    "model again with python -m nlm_jax.export.") from None
+  return cfg, from_tensors(cfg, tensors)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) != 3:
+    raise UserError(f"expected MODEL_DIR and OUT_DIR, got {len(argv) - 1} argument(s). Usage: "
+                    "python -m nlm_jax.export MODEL_DIR OUT_DIR [--overwrite]")
+  out = export(argv[1], argv[2], flags.FLAGS.overwrite)
+  print(f"exported the best checkpoint of {argv[1]} to {out}")
+
+
+if __name__ == "__main__":
+  from nlm_jax import cli
+
+  flags.DEFINE_bool("overwrite", False, "Replace OUT_DIR if it exists.")
+  cli.run(main, "nlm_jax.export")

@@ -1,0 +1,162 @@
+"""`python -m nlm_jax.embed` and `python -m nlm_jax.export`: the rows they write equal the
+Python API's, and bad input is one line on stderr with nothing on disk changed."""
+
+import gzip
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+import nlm_jax
+from conftest import random_seqs, write_fasta
+from nlm_jax import train
+from nlm_jax.config import Config
+from test_bad_input import assert_one_line_error, assert_unchanged, run_module, snapshot
+
+SMALL = dict(d_model=32, n_kernels=32, N=1, h=4, kernel_size=3, context_length=16,
+             batch_size=8, warmup_steps=4, n_samples_per_epoch=32, encoder_dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("model")
+  t = write_fasta(tmp / "t.fa", random_seqs(30, 20, 100, seed=1))
+  v = write_fasta(tmp / "v.fa", random_seqs(10, 20, 100, seed=2))
+  cfg = Config(t, v, epochs=1, model_dir=str(tmp / "M"), results_dir=str(tmp / "R"), **SMALL)
+  train.run(cfg, jax.devices()[:1])
+  return cfg.checkpoint_path
+
+
+def odd_records():
+  """Lengths 1 to 300 (the window is 45 nt), lower case, U, IUPAC codes and a gap."""
+  seqs = random_seqs(40, 1, 300, seed=3)
+  seqs[1] = seqs[1].lower()
+  seqs[2] = "ACGUUAGCRYN-.ACGT" * 5
+  return seqs
+
+
+def test_embed_writes_the_api_rows(model_dir, tmp_path):
+  seqs = odd_records()
+  write_fasta(tmp_path / "in.fa", seqs, "rec")
+  (tmp_path / "in.fa.gz").write_bytes(gzip.compress((tmp_path / "in.fa").read_bytes()))
+  proc = run_module("nlm_jax.embed", tmp_path, model_dir, "in.fa", "out.npz", "--pooling=max",
+                    "--batch_size=8")
+  assert proc.returncode == 0, proc.stderr
+  assert "Traceback" not in proc.stderr
+  assert "40/40 records" in proc.stdout  # the progress bar's last state
+  z = np.load(tmp_path / "out.npz")
+  assert list(z["ids"]) == [f"rec_{i}" for i in range(40)]
+  np.testing.assert_array_equal(z["lengths"], [len(s) for s in seqs])
+  api = nlm_jax.load(model_dir, devices=jax.devices()[:1]).embed(seqs, pooling="max")
+  assert z["embeddings"].shape == (40, 32) and z["embeddings"].dtype == np.float32
+  np.testing.assert_allclose(z["embeddings"], api, atol=1e-5)
+  assert sorted(os.listdir(tmp_path)) == ["in.fa", "in.fa.gz", "out.npz"]
+  # A gzipped FASTA gives the same rows; --overwrite replaces the file.
+  proc = run_module("nlm_jax.embed", tmp_path, model_dir, "in.fa.gz", "out.npz", "--pooling=max",
+                    "--overwrite")
+  assert proc.returncode == 0, proc.stderr
+  np.testing.assert_allclose(np.load(tmp_path / "out.npz")["embeddings"], api, atol=1e-5)
+
+
+def test_export_then_embed_from_the_export(model_dir, tmp_path):
+  write_fasta(tmp_path / "in.fa", random_seqs(5, 10, 100, seed=4))
+  proc = run_module("nlm_jax.export", tmp_path, model_dir, "exported")
+  assert proc.returncode == 0, proc.stderr
+  assert sorted(os.listdir(tmp_path / "exported")) == ["config.json", "model.safetensors",
+                                                       "nlm_jax.json"]
+  for source, out in ((model_dir, "a.npz"), ("exported", "b.npz")):
+    proc = run_module("nlm_jax.embed", tmp_path, source, "in.fa", out)
+    assert proc.returncode == 0, proc.stderr
+  np.testing.assert_array_equal(np.load(tmp_path / "a.npz")["embeddings"],
+                                np.load(tmp_path / "b.npz")["embeddings"])
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+def _protein(tmp, model):
+  (tmp / "protein.fa").write_text(">p1\nACGT\n>p2\nMKTAYIAKQR\n")
+  # M, K, T, A and Y are IUPAC codes too: I is the first letter that is none.
+  return ["MODEL", "protein.fa", "out.npz"], ["'p2'", "'I'", "position 6", "protein"]
+
+
+def _empty(tmp, model):
+  (tmp / "empty.fa").write_bytes(b"")
+  return ["MODEL", "empty.fa", "out.npz"], ["'empty.fa'", "empty"]
+
+
+def _out_exists(tmp, model):
+  (tmp / "out.npz").write_bytes(b"my earlier embeddings")
+  return ["MODEL", "in.fa", "out.npz"], ["'out.npz'", "exists", "--overwrite"]
+
+
+def _no_checkpoint(tmp, model):
+  (tmp / "M2").mkdir()
+  shutil.copy(os.path.join(model, "config.json"), tmp / "M2" / "config.json")
+  return ["M2", "in.fa", "out.npz"], ["'M2'", "no checkpoint"]
+
+
+def _config_not_json(tmp, model):
+  (tmp / "M3").mkdir()
+  (tmp / "M3" / "config.json").write_text("{not json")
+  return ["M3", "in.fa", "out.npz"], ["config.json", "cannot be read"]
+
+
+def _export_weights_damaged(tmp, model):
+  (tmp / "E").mkdir()
+  (tmp / "E" / "nlm_jax.json").write_text(open(os.path.join(model, "config.json")).read())
+  (tmp / "E" / "model.safetensors").write_bytes(b"\x00" * 100)
+  return ["E", "in.fa", "out.npz"], ["model.safetensors", "cannot be read", "export"]
+
+
+def _out_parent_is_file(tmp, model):
+  (tmp / "blocker").write_text("a regular file\n")
+  return ["MODEL", "in.fa", "blocker/out.npz"], ["blocker", "is a file", "OUT"]
+
+
+def _args(*args, fragments):
+  return lambda tmp, model: (list(args), fragments)
+
+
+EMBED_CASES = {
+    "fasta_missing": _args("MODEL", "nope.fa", "out.npz",
+                           fragments=["'nope.fa'", "does not exist"]),
+    "fasta_empty": _empty,
+    "protein_fasta": _protein,
+    "out_exists": _out_exists,
+    "out_not_npz": _args("MODEL", "in.fa", "out.csv", fragments=["'out.csv'", ".npz"]),
+    "out_parent_is_file": _out_parent_is_file,
+    "model_dir_missing": _args("nope", "in.fa", "out.npz", fragments=["'nope'", "does not exist"]),
+    "model_dir_without_checkpoint": _no_checkpoint,
+    "model_dir_config_not_json": _config_not_json,
+    "export_weights_damaged": _export_weights_damaged,
+    "unknown_pooling": _args("MODEL", "in.fa", "out.npz", "--pooling=median",
+                             fragments=["pooling", "median"]),
+    "two_arguments": _args("MODEL", "in.fa", fragments=["expected MODEL_DIR, FASTA and OUT"]),
+}
+
+EXPORT_CASES = {
+    "out_dir_exists": _args("MODEL", "in.fa", fragments=["'in.fa'", "exists", "--overwrite"]),
+    "model_dir_missing": _args("nope", "out", fragments=["'nope'", "config.json"]),
+    "one_argument": _args("MODEL", fragments=["expected MODEL_DIR and OUT_DIR"]),
+}
+
+
+@pytest.mark.parametrize("command,case", [("embed", c) for c in EMBED_CASES] +
+                         [("export", c) for c in EXPORT_CASES])
+def test_bad_input_is_one_line_error(model_dir, tmp_path, command, case):
+  write_fasta(tmp_path / "in.fa", random_seqs(3, 10, 50, seed=5))
+  args, fragments = (EMBED_CASES if command == "embed" else EXPORT_CASES)[case](tmp_path, model_dir)
+  args = [model_dir if a == "MODEL" else a for a in args]
+  before = snapshot(tmp_path)
+  model_before = snapshot(model_dir)
+  proc = run_module(f"nlm_jax.{command}", tmp_path, *args)
+  assert_one_line_error(proc, fragments, prefix=f"nlm_jax.{command}: error:",
+                        progress=("embedding ",))
+  if case == "protein_fasta":  # found while streaming: the partial file is gone, the folder touched
+    assert snapshot(tmp_path)[0] == before[0]
+  else:
+    assert_unchanged(before, snapshot(tmp_path))
+  assert_unchanged(model_before, snapshot(model_dir))
