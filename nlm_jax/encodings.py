@@ -49,12 +49,15 @@ class KmerTokenizer:
     codes = np.full((b, n_pos * self.k), fasta_lib.PAD, dtype=np.uint8)
     width = min(codes_BxN.shape[1], n_pos * self.k)
     codes[:, :width] = codes_BxN[:, :width]
-    kmers_BxTxk = codes.reshape(b, n_pos, self.k).astype(np.int64)
     n_real_B = np.sum(codes != fasta_lib.PAD, axis=1) // self.k  # whole k-mers only
-    weights = 4 ** np.arange(self.k - 1, -1, -1)
-    ids_BxT = N_SPECIAL + np.sum(np.minimum(kmers_BxTxk, 3) * weights, axis=-1)
-    ids_BxT = np.where(np.any(kmers_BxTxk >= fasta_lib.N, axis=-1), UNK, ids_BxT)
+    ids_BxT = self._ids(codes.reshape(b, n_pos, self.k))
     return _finish_rows(ids_BxT, n_real_B, ended_B, self.context_length)
+
+  def _ids(self, kmers_xk: np.ndarray) -> np.ndarray:
+    """Token ids of k-mers (..., k) of codes: UNK where one holds anything but A/C/G/T."""
+    kmers_xk = kmers_xk.astype(np.int64)
+    ids = N_SPECIAL + np.sum(np.minimum(kmers_xk, 3) * 4 ** np.arange(self.k - 1, -1, -1), axis=-1)
+    return np.where(np.any(kmers_xk >= fasta_lib.N, axis=-1), UNK, ids).astype(np.int32)
 
   def tokenize(self, seq: str) -> np.ndarray:
     """One sequence as given (no U -> T: anything but ACGT is UNK), for tests and tools."""
@@ -68,11 +71,8 @@ class KmerTokenizer:
     """A whole sequence's token ids and the [start, end) of each token's nucleotides
     (a trailing partial k-mer is dropped)."""
     n_tokens = len(codes_N) // self.k
-    kmers_Txk = codes_N[:n_tokens * self.k].reshape(n_tokens, self.k).astype(np.int64)
-    ids_T = N_SPECIAL + np.sum(np.minimum(kmers_Txk, 3) * 4 ** np.arange(self.k - 1, -1, -1), axis=1)
-    ids_T = np.where(np.any(kmers_Txk >= fasta_lib.N, axis=1), UNK, ids_T).astype(np.int32)
     starts = np.arange(n_tokens) * self.k
-    return ids_T, starts, starts + self.k
+    return self._ids(codes_N[:n_tokens * self.k].reshape(n_tokens, self.k)), starts, starts + self.k
 
   def token_nucleotides(self) -> np.ndarray:
     """(V, k) nucleotide codes of every token; -1 for special tokens."""

@@ -39,9 +39,10 @@ _FOREIGN[ord("-")] = _FOREIGN[ord(".")] = False
 
 def check_letters(seq: str, what: str, allowed: str = "") -> None:
   """Raises UserError naming the first character of `seq` that is no nucleotide letter."""
-  foreign = _FOREIGN[np.frombuffer(seq.encode("latin-1", "replace"), dtype=np.uint8)]
+  chars = np.frombuffer(seq.encode("latin-1", "replace"), dtype=np.uint8)
+  foreign = _FOREIGN[chars]
   for c in allowed:
-    foreign &= np.frombuffer(seq.encode("latin-1", "replace"), dtype=np.uint8) != ord(c)
+    foreign &= chars != ord(c)
   if foreign.any():
     i = int(np.argmax(foreign))
     raise UserError(f"{what} holds {seq[i]!r} at position {i + 1}, which is no nucleotide letter "
