@@ -182,6 +182,31 @@ def test_kmer_predict_masked_sums_the_kmers_holding_each_nucleotide():
   assert model.predict_masked(query)[-1] == "N"
 
 
+def test_bpe_predict_masked_gives_a_distribution_per_question_mark(bpe_file):
+  model = random_model(config("bpe", bpe_file))
+  seq = random_seqs(1, 60, 60, seed=9)[0]
+  query = seq[:10] + "??" + seq[12:40] + "?" + seq[41:]
+  probs = model.predict_masked(query, probabilities=True)
+  assert probs.shape == (3, 4)
+  np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+  filled = model.predict_masked(query)
+  assert filled[:10] == seq[:10] and filled[12:40] == seq[12:40] and filled[41:] == seq[41:]
+  assert [filled[i] for i in (10, 11, 40)] == ["ACGT"[j] for j in probs.argmax(1)]
+
+
+def test_bf16_embeddings_are_close_to_fp32():
+  cfg = config("conv")
+  params = model_lib.build(cfg).init(jax.random.key(0), train.dummy_inputs(cfg))["params"]
+  seqs = random_seqs(6, 10, 120, seed=10)
+  fp32 = pretrained.Model(cfg, params, precision="fp32", devices=DEV).embed(seqs)
+  bf16_model = pretrained.Model(cfg, params, precision="bf16", devices=DEV)
+  assert bf16_model.cfg.precision == "bf16"
+  bf16 = bf16_model.embed(seqs)
+  assert bf16.dtype == np.float32 and not np.array_equal(bf16, fp32)
+  np.testing.assert_allclose(bf16, fp32, atol=0.1)
+  assert np.corrcoef(bf16.ravel(), fp32.ravel())[0, 1] > 0.99
+
+
 def test_bad_sequences_and_options_are_user_errors():
   model = random_model(config("conv"))
   with pytest.raises(UserError, match=r"sequence 2 holds 'E' at position 3"):
