@@ -17,18 +17,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
-from absl import logging
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 from nlm_jax.config import Config, UserError
 
+log = logging.getLogger(__name__)  # cli.quiet_libraries keeps nlm_jax's loggers
 METRIC = "Accuracy|valid"
 NO_METRIC = -1.0  # saves inside an epoch: never "best"
 CONFIG_FILE = "config.json"
@@ -81,7 +82,7 @@ def _set_aside_damaged(path: str) -> None:
       aside = f"{path}.damaged-{step}"
       if jax.process_index() == 0:
         os.rename(os.path.join(path, str(step)), aside)
-      logging.warning("checkpoint %s/%d cannot be read (%s); set aside as %s, trying the one "
+      log.warning("checkpoint %s/%d cannot be read (%s); set aside as %s, trying the one "
                       "before it", path, step, damage, aside)
 
 
@@ -118,7 +119,7 @@ class Checkpointer:
       aside = f"{path}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
       if self.is_writer:
         os.rename(path, aside)
-      logging.info("--fresh: the earlier run's folder is kept as %s", aside)
+      log.info("--fresh: the earlier run's folder is kept as %s", aside)
       exists = False
     self.resuming = exists
     if exists:
@@ -171,7 +172,7 @@ class Checkpointer:
             step=ocp.args.StandardRestore({"step": abstract_state.step}),
             meta=ocp.args.JsonRestore()))
       except Exception as e:  # orbax/tensorstore raise many types for damaged files
-        logging.warning("checkpoint %s/%d cannot be read (%s); trying the one before it",
+        log.warning("checkpoint %s/%d cannot be read (%s); trying the one before it",
                         self.path, batch, str(e).splitlines()[0][:200])
         continue
       state = abstract_state.replace(params=restored["params"], opt_state=restored["opt_state"],

@@ -31,10 +31,16 @@ def flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
   return parse
 
 
+def is_ours(record: logging.LogRecord) -> bool:
+  """A record of nlm_jax's own loggers (`logging.getLogger(__name__)` in its modules).
+  Judged by the logger's name, never by the file's path: in a clone named nlm_jax with
+  the venv inside it, every library's path holds "nlm_jax" too."""
+  return record.name == "nlm_jax" or record.name.startswith("nlm_jax.")
+
+
 def quiet_libraries(level: int = logging.WARNING) -> None:
   """Log lines from nlm_jax; from the libraries (orbax is chatty) only from `level` up."""
-  absl_logging.get_absl_handler().addFilter(
-      lambda r: r.levelno >= level or "nlm_jax" in r.pathname)
+  absl_logging.get_absl_handler().addFilter(lambda r: r.levelno >= level or is_ours(r))
 
 
 def run(main: Callable[[list[str]], None], prog: str,

@@ -5,6 +5,7 @@ loop that ties the host data to them. The only module that knows both data and m
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import queue
 import shutil
@@ -17,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging
 from flax.training import train_state
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -30,6 +30,7 @@ from nlm_jax import optim
 from nlm_jax import sampler as sampler_lib
 from nlm_jax.config import Config, UserError, check_writable
 
+log = logging.getLogger(__name__)  # cli.quiet_libraries keeps nlm_jax's loggers
 EVAL_ROWS = 64  # evaluation batches hold at least this many rows: fewer, larger steps
 
 TrainState = train_state.TrainState
@@ -245,9 +246,9 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
     if cfg.encoding_method == "bpe":  # the model folder is complete without --data_dir
       shutil.copyfile(cfg.bpe_path, os.path.join(cfg.checkpoint_path, checkpoint_lib.BPE_FILE))
 
-  logging.info("process %d of %d, %d devices (%s), %s; experiment %s", jax.process_index(),
+  log.info("process %d of %d, %d devices (%s), %s; experiment %s", jax.process_index(),
                jax.process_count(), n_devices, platform, cfg.precision, cfg.exp_name)
-  logging.info("training on %d sequences of %s, validating on %d of %s", len(train_fa),
+  log.info("training on %d sequences of %s, validating on %d of %s", len(train_fa),
                cfg.train_path, min(cfg.n_eval, len(valid_fa)), cfg.valid_path)
 
   # Evaluation subsets with windows and masks drawn once: fixed inputs and targets.
@@ -270,10 +271,10 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
       state, meta = restored
       rows, best = meta["history"], meta["best"]
       first_epoch, first_step = meta["epoch"], meta["step"]
-      logging.info("resuming %s from epoch %d, step %d", cfg.checkpoint_path, first_epoch + 1,
+      log.info("resuming %s from epoch %d, step %d", cfg.checkpoint_path, first_epoch + 1,
                    first_step)
   if first_epoch >= cfg.epochs:
-    logging.info("%s already holds all %d epochs: nothing to do (raise --epochs to go on)",
+    log.info("%s already holds all %d epochs: nothing to do (raise --epochs to go on)",
                  cfg.checkpoint_path, cfg.epochs)
     checkpointer.close()
     return rows
@@ -289,7 +290,7 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
   eval_step = make_eval_step(cfg, mesh, encoding.token_nucs)
   flops = step_flops(train_step)
   peak = matmul_peak_flops(model_lib.compute_dtype(cfg), jax.local_devices()[0])
-  logging.info("%s parameters; train step compiled in %.1f s; %d steps per epoch; %.3g FLOP "
+  log.info("%s parameters; train step compiled in %.1f s; %d steps per epoch; %.3g FLOP "
                "per step and device, matmul peak %.3g FLOP/s", f"{n_params:,}",
                time.perf_counter() - t0, spe, flops, peak)
   tb = None
@@ -367,7 +368,7 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
       elapsed = time.perf_counter() - run_start
       figures = " ".join(f"{k} {row[k]:.4f}" for k in history_lib.COLUMNS
                          if cfg.is_token or not k.startswith("Nuc"))
-      logging.info(
+      log.info(
           "epoch %d/%d | %s%s | %.1f steps/s, %.0f samples/s, %.3g nt/s, MFU %.1f%% | %s "
           "elapsed, %s left", epoch + 1, cfg.epochs, figures, " (best)" if improved else "",
           steps_per_s, throughput["samples_per_s"], throughput["nucleotides_per_s"],
@@ -380,7 +381,7 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
     checkpointer.close()
     if tb is not None:
       tb.close()
-  logging.info("training finished in %.1f s; best Accuracy|valid %.4f; checkpoint in %s",
+  log.info("training finished in %.1f s; best Accuracy|valid %.4f; checkpoint in %s",
                time.perf_counter() - run_start, best, cfg.checkpoint_path)
   return rows
 

@@ -19,6 +19,7 @@ Cases marked xfail(strict=True) are bugs: the command breaks the rule there.
 import csv
 import gzip
 import hashlib
+import importlib.util
 import io
 import math
 import os
@@ -433,6 +434,32 @@ def test_batch_size_not_divisible_by_devices_is_one_line_error(tmp_path):
                       env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
   assert_one_line_error(proc, ["--batch_size 7", "not divisible by the 2 devices"])
   assert_unchanged(before, snapshot(tmp_path))
+
+
+def test_libraries_installed_under_a_folder_named_nlm_jax_stay_quiet(tmp_path):
+  """A clone named nlm_jax with the venv inside it puts "nlm_jax" in every library's path:
+  library log lines must still be held back (they are told apart by logger name)."""
+  good_files(tmp_path)
+  site = os.path.dirname(importlib.util.find_spec("jax").submodule_search_locations[0])
+  venv = tmp_path / "clone" / "nlm_jax" / ".venv"
+  venv.mkdir(parents=True)
+  (venv / "site-packages").symlink_to(site)
+  env = {"PYTHONPATH": str(venv / "site-packages")}
+  where = subprocess.run([sys.executable, "-c", "import importlib.util as u; "
+                          "print(u.find_spec('orbax').submodule_search_locations[0])"],
+                         env=dict(os.environ, **env), capture_output=True, text=True)
+  assert where.stdout.startswith(str(venv)), where.stdout + where.stderr
+  proc = run_pretrain(tmp_path, "nope.fa", "valid.fa", *TINY, env=env)
+  assert_one_line_error(proc, ["'nope.fa'", "does not exist"])
+  # A run: only nlm_jax's own lines (orbax alone logs hundreds at INFO).
+  proc = run_pretrain(tmp_path, "train.fa", "valid.fa", *TINY, env=env)
+  assert_trains(proc, tmp_path)
+  package = importlib.util.find_spec("nlm_jax").submodule_search_locations[0]
+  ours = {n for n in os.listdir(package) if n.endswith(".py")}
+  theirs = [l for l in proc.stderr.splitlines()
+            if not (m := re.match(r"[IWEF]\d{4} [\d:.]+ +\d+ (\S+):\d+\] ", l)) or m[1] not in ours]
+  assert not theirs, proc.stderr
+  assert len(proc.stderr.splitlines()) < 10, proc.stderr
 
 
 # --------------------------------------------------------- a finished run's model folder

@@ -52,8 +52,11 @@ def uninterrupted(data, tmp_path_factory):
 
 
 def kill_mid_epoch(data, folder, sig):
-  """Starts the run, waits for a checkpoint saved inside epoch 2, then sends `sig`."""
-  proc = subprocess.Popen(command(data), cwd=folder, env=env(), stderr=subprocess.PIPE, text=True)
+  """Starts the run, waits for a checkpoint saved inside epoch 2, then sends `sig`. The
+  run's stderr goes to a file: a pipe read only at the end could fill up and block it."""
+  err_path = os.path.join(folder, "stderr.txt")
+  with open(err_path, "w") as err_file:
+    proc = subprocess.Popen(command(data), cwd=folder, env=env(), stderr=err_file)
   model = os.path.join(folder, "M", NAME)
   deadline = time.time() + 240
   try:
@@ -62,15 +65,20 @@ def kill_mid_epoch(data, folder, sig):
       if any(50 < s < 100 for s in steps):  # 50 steps per epoch: a save inside epoch 2
         break
       if proc.poll() is not None:
-        pytest.fail("the run ended before it could be killed: " + proc.stderr.read()[-2000:])
+        pytest.fail("the run ended before it could be killed: " + read(err_path)[-2000:])
       time.sleep(0.005)
     else:
       pytest.fail("no checkpoint inside epoch 2 appeared")
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
   finally:
     proc.kill()
-  return proc.returncode, err
+  return proc.returncode, read(err_path)
+
+
+def read(path):
+  with open(path) as f:
+    return f.read()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
