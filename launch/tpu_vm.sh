@@ -12,8 +12,8 @@
 # On every worker it
 #   1. goes to ~/nlm_jax, the copy the scp above made (the same path on every worker);
 #   2. makes ~/nlm_jax/.venv-tpu with Python 3.11 or newer (apt installs python3.11 where
-#      there is none) and runs pip install -r requirements.txt -e . "jax[tpu]==X", X being
-#      the jax version pinned in requirements.txt;
+#      there is none) and runs pip install -r requirements.txt -e ".[tpu]" (the jax[tpu]
+#      extra of pyproject.toml, at the jax version that requirements.txt pins);
 #   3. starts, under nohup, python -m nlm_jax.pretrain TRAIN VALID
 #      --flagfile=launch/conv.flags --distributed [extra flags], logging to
 #      ~/nlm_jax/logs/pretrain-<UTC time>-<host>.log, checks it is still alive a few
@@ -59,12 +59,6 @@ shift 4
 FLAGFILE=${FLAGFILE:-launch/conv.flags}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-# jax[tpu] pulls in the libtpu that matches this jax version (from PyPI).
-JAX_VERSION=$(sed -n 's/^jax==\([0-9][0-9.]*\).*$/\1/p' "$REPO/requirements.txt")
-if [[ -z $JAX_VERSION ]]; then
-  echo "tpu_vm.sh: no 'jax==VERSION' line in $REPO/requirements.txt" >&2
-  exit 1
-fi
 if [[ ! -f $REPO/$FLAGFILE ]]; then
   echo "tpu_vm.sh: no flagfile $FLAGFILE in $REPO (set FLAGFILE=launch/....flags)" >&2
   exit 1
@@ -72,8 +66,7 @@ fi
 
 # The values the workers need, quoted for bash, then the script they run.
 ARGS=$(printf ' %q' "$TRAIN" "$VALID" "--flagfile=$FLAGFILE" --distributed "$@")
-PRELUDE="JAX_VERSION=$(printf %q "$JAX_VERSION")
-PYTHON=$(printf %q "${PYTHON:-}")
+PRELUDE="PYTHON=$(printf %q "${PYTHON:-}")
 STAMP=$(date -u +%Y%m%d-%H%M%S)
 ARGS=($ARGS)"
 
@@ -113,7 +106,8 @@ if [[ ! -x .venv-tpu/bin/python ]]; then
   fi
 fi
 .venv-tpu/bin/python -m pip install -q --upgrade pip
-.venv-tpu/bin/python -m pip install -q -r requirements.txt -e . "jax[tpu]==$JAX_VERSION"
+# jax[tpu] pulls in the libtpu that matches this jax version (from PyPI).
+.venv-tpu/bin/python -m pip install -q -r requirements.txt -e ".[tpu]"
 
 mkdir -p logs
 log=logs/pretrain-$STAMP-$host.log

@@ -6,9 +6,9 @@ load outside JAX.
 MODEL_DIR is a pre-training folder (model_dir/exp_name); its best checkpoint is exported.
 OUT_DIR receives:
   model.safetensors  float32 tensors named and laid out as lncRNA-Py's MaskedConvModel /
-                     MaskedTokenModel name them (original-behaviour.md 11.3): PyTorch
-                     layouts, i.e. Linear weights (out, in), Conv1d (n_kernels, 4, ks),
-                     ConvTranspose1d (C, 4, ks); the sinusoidal table as `...pe`
+                     MaskedTokenModel name them, in PyTorch layouts: Linear weights
+                     (out, in), Conv1d (n_kernels, 4, ks), ConvTranspose1d (C, 4, ks);
+                     the sinusoidal table as `...pe`
   config.json        lncRNA-Py's constructor arguments of that model
   nlm_jax.json       the nlm_jax configuration: `nlm_jax.load(OUT_DIR)` reads the folder
   tokenizer.bpe      the BPE model, for BPE encodings

@@ -2,8 +2,11 @@ r"""Pre-trains a nucleotide BERT with masked language modelling.
 
   python -m nlm_jax.pretrain TRAIN.fasta VALID.fasta --flagfile=launch/conv.flags
 
-Flags: see `--helpfull` or ../shared/spec/pretrain-cli.md. This entry point is
-intentionally kept short: flags -> Config -> train.run(cfg).
+TRAIN.fasta holds the pre-training sequences, VALID.fasta those that measure the model
+after every epoch. The flags below are lncRNA-Py's pretrain flags, with the same names,
+meanings and defaults, and a few of nlm_jax's own (--seed, --fresh, ...). Re-running the
+same command resumes the run. This entry point is intentionally kept short:
+flags -> Config -> train.run(cfg).
 """
 
 import sys
