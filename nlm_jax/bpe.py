@@ -30,12 +30,10 @@ _DATA_DIR = flags.DEFINE_string("data_dir", "", "Parent directory of FASTA and -
 
 
 def _texts(path: str, counter: dict[str, int]):
-  import pyfastx
-
   from nlm_jax import fasta as fasta_lib
 
   letters = np.frombuffer(fasta_lib.ALPHABET.encode(), dtype=np.uint8)
-  for _, seq in pyfastx.Fastx(path, uppercase=False):
+  for _, seq in fasta_lib.records(path):
     codes = fasta_lib.encode(seq)
     counter["sequences"] += 1
     counter["nucleotides"] += len(codes)
@@ -55,7 +53,7 @@ def fit(fasta_path: str, vocab_size: int, out_path: str) -> int:
   if vocab_size < 9:
     raise UserError(f"VOCAB_SIZE {vocab_size} is too small: the 5 special tokens and the 4 "
                     "nucleotides need at least 9 pieces.")
-  fa = fasta_lib.Fasta(fasta_path, "the")  # validates the file: one-line errors
+  fa = fasta_lib.Fasta(fasta_path, "the", random_access=False)  # validates: one-line errors
   del fa
   if os.path.exists(out_path):
     raise UserError(f"{out_path!r} already exists: choose another --bpe_file or delete it.")

@@ -97,9 +97,7 @@ class Progress:
 
 
 def _records(path: str) -> Iterator[tuple[str, str]]:
-  import pyfastx
-
-  for name, seq in pyfastx.Fastx(path, uppercase=False):
+  for name, seq in fasta_lib.records(path, "input"):
     fasta_lib.check_letters(seq, f"record {name!r} of {path!r}")
     yield name, seq
 
@@ -119,7 +117,7 @@ def embed_fasta(model_dir: str, fasta_path: str, out: str, pooling: str = "mean"
                 precision: str = "auto", overwrite: bool = False) -> int:
   """Writes `out` (see the module docstring); returns the number of records."""
   check_output(out, overwrite)
-  fa = fasta_lib.Fasta(fasta_path, "input", cache_gzip=False)  # validates; lengths
+  fa = fasta_lib.Fasta(fasta_path, "input", random_access=False)  # validates; lengths
   lengths = fa.lengths
   from nlm_jax import pretrained
 

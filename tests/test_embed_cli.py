@@ -73,6 +73,28 @@ def test_export_then_embed_from_the_export(model_dir, tmp_path):
                                 np.load(tmp_path / "b.npz")["embeddings"])
 
 
+def test_embed_reads_fuzzed_files_as_the_reader_does(model_dir, tmp_path):
+  """Empty lines after headers, CR/CRLF/mixed endings, a BOM, blanks, high bytes in names:
+  no crash, and the rows of the sequences the reference reading finds."""
+  from test_fasta import BOM, fuzz_fasta, reference_records
+
+  rng = np.random.default_rng(5)
+  data = b"".join(fuzz_fasta(rng).rstrip(b"\r\n") + b"\n" for _ in range(6))
+  data = data[:3] + data[3:].replace(BOM, b"")  # a BOM only at the start
+  data = data.replace(b"*", b"N").replace(b"\xc3", b"N")  # letters embed refuses
+  (tmp_path / "odd.fa").write_bytes(data)
+  (tmp_path / "odd.fa.gz").write_bytes(gzip.compress(data))
+  want = reference_records(data)
+  api = nlm_jax.load(model_dir, devices=jax.devices()[:1]).embed(
+      [s.decode("latin-1") for _, s in want])
+  for name in ("odd.fa", "odd.fa.gz"):
+    proc = run_module("nlm_jax.embed", tmp_path, model_dir, name, name + ".npz")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    z = np.load(tmp_path / (name + ".npz"))
+    assert list(z["ids"]) == [n for n, _ in want]
+    np.testing.assert_allclose(z["embeddings"], api, atol=1e-5)
+
+
 # ---------------------------------------------------------------------- bad input
 
 

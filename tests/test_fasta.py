@@ -77,3 +77,107 @@ def test_shared_lncrnapy_fixture():
   fa = fasta_lib.Fasta(shared_path("data", "small_ncrna.fasta"))
   assert fa.lengths.tolist() == [60, 712, 535, 1187, 590, 1414, 2748, 491, 629]
   assert fa.codes(0)[23] == fasta_lib.N and (fa.codes(0) != fasta_lib.N).sum() == 59
+
+
+# ------------------------------------------------------------------------- fuzzing
+
+BOM = b"\xef\xbb\xbf"
+
+
+def reference_records(data: bytes) -> list[tuple[str, bytes]]:
+  """What a FASTA file says, written plainly: '>' lines name records (first word, UTF-8
+  with other bytes escaped), every other byte but whitespace is sequence."""
+  records = []
+  for line in data.removeprefix(BOM).split(b"\n"):
+    if line.startswith(b">"):
+      words = line[1:].split(None, 1)
+      records.append((words[0].decode("utf-8", "backslashreplace") if words else "", bytearray()))
+    elif records:
+      records[-1][1].extend(c for c in line if c not in b" \t\n\v\f\r")
+  return [(name, bytes(seq)) for name, seq in records]
+
+
+def fuzz_fasta(rng: np.random.Generator, odd: bool = True) -> bytes:
+  """Random records with what users' files hold: wrapped and ragged lines, and where `odd`,
+  empty and blank lines (after a header too), spaces and tabs, CR/CRLF/mixed endings, a
+  BOM, high bytes."""
+  newline = [b"\n", b"\r\n", None][rng.integers(3 if odd else 2)]  # None: mixed
+  out = [BOM] if odd and rng.random() < 0.2 else []
+  p_odd = 0.3 if odd else 0.0
+
+  def end():
+    return newline or [b"\n", b"\r\n"][rng.integers(2)]
+
+  def junk_lines():
+    return b"".join(rng.choice([b"", b" ", b"\t", b"  \t"]) + end()
+                    for _ in range(rng.integers(3) if rng.random() < p_odd else 0))
+
+  for i in range(rng.integers(1, 8)):
+    name = b"r%d" % i + bytes(rng.integers(128, 256, rng.integers(3) * odd).astype(np.uint8))
+    desc = rng.choice([b"", b" desc", b"\tx y", b" \xe9t\xe9"][:4 if odd else 3])
+    out.append(b">" + name + desc + end() + junk_lines())
+    letters = list(b"ACGTacgtuUNnRY-.*\xc3" if odd else b"ACGTacgtuUNnRY-.*")
+    seq = bytes(rng.choice(letters, rng.integers(1, 120)).astype(np.uint8))
+    width = int(rng.integers(1, 70))
+    for j in range(0, len(seq), width):
+      line = seq[j:j + width]
+      if rng.random() < p_odd / 3:
+        k = int(rng.integers(len(line) + 1))
+        line = line[:k] + rng.choice([b" ", b"\t", b"  "]) + line[k:]
+      out.append(line + end() + junk_lines())
+  data = b"".join(out)
+  return data.rstrip(b"\r\n") if rng.random() < 0.2 else data  # no final line end
+
+
+def test_fuzzed_files_read_exactly_or_refused(tmp_path):
+  from nlm_jax import sampler
+  from nlm_jax.config import Config
+
+  rng = np.random.default_rng(0)
+  paths = {"indexed": 0, "cached": 0}
+  for trial in range(60):
+    data = fuzz_fasta(rng, odd=trial % 4 != 0)
+    if trial % 10 == 9:  # a NUL byte anywhere: refused, never read as something else
+      k = int(rng.integers(len(data)))
+      data = data[:k] + b"\0" + data[k:]
+    path = tmp_path / f"f{trial}.fa"
+    path.write_bytes(gzip.compress(data) if trial % 3 == 2 else data)
+    if b"\0" in data:
+      with pytest.raises(UserError, match="NUL byte"):
+        fasta_lib.Fasta(str(path))
+      continue
+    want = reference_records(data)
+    fa = fasta_lib.Fasta(str(path))
+    paths["indexed" if fa._cache is None else "cached"] += 1
+    assert [fa.name(i) for i in range(len(fa))] == [n for n, _ in want]
+    assert fa.lengths.tolist() == [len(s) for _, s in want]
+    for i, (_, seq) in enumerate(want):
+      codes = fasta_lib.encode(seq.decode("latin-1"))
+      np.testing.assert_array_equal(fa.codes(i), codes)
+      a, b = sorted(rng.integers(0, len(seq) + 1, 2))
+      np.testing.assert_array_equal(fa.codes(i, a, b), codes[a:b])
+    assert list(fasta_lib.records(str(path))) == [(n, s.decode("latin-1")) for n, s in want]
+    # Pre-training's data loading: the training sampler and an evaluation set.
+    cfg = Config(str(path), str(path), d_model=16, n_kernels=16, kernel_size=3,
+                 context_length=8, batch_size=4, n_samples_per_epoch=8).validate()
+    encoding = sampler.encoding_for(cfg)
+    batch = next(sampler.TrainSampler(fa, cfg, encoding).epoch(0))
+    assert batch["inputs"].shape[0] == 4
+    sampler.eval_set(fa, np.arange(len(fa)), encoding, seed=1)
+  assert paths["indexed"] >= 5 and paths["cached"] >= 20, paths
+
+
+def test_empty_line_after_a_header_is_read(tmp_path):
+  """pyfastx's slicing divides by the first line's width: an empty first line killed the
+  process with SIGFPE (exit 136)."""
+  path = tmp_path / "e.fa"
+  path.write_bytes(b">a\n\nACGTAC\n>b\r\n\r\nGG\r\n")
+  fa = fasta_lib.Fasta(str(path))
+  assert fa.codes(0, 1, 4).tolist() == [1, 2, 3] and fa.codes(1).tolist() == [2, 2]
+
+
+def test_cr_only_line_ends_are_refused(tmp_path):
+  path = tmp_path / "mac.fa"
+  path.write_bytes(b">a\rACGT\r>b\rGG\r")
+  with pytest.raises(UserError, match="CR alone"):
+    fasta_lib.Fasta(str(path))
