@@ -48,8 +48,26 @@ def _manager(path: str, read_only: bool = False) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       preservation_policy=None if read_only else policy,
       # best_fn makes orbax store the metrics and answer best_step().
-      best_fn=_best_fn, best_mode="max", read_only=read_only, create=not read_only)
-  return ocp.CheckpointManager(os.path.abspath(path), options=options)
+      best_fn=_best_fn, best_mode="max", read_only=read_only, create=not read_only,
+      save_interval_steps=0 if read_only else 1)  # read-only: orbax warns unless 0
+  with _without_read_only_notice():
+    return ocp.CheckpointManager(os.path.abspath(path), options=options)
+
+
+@contextlib.contextmanager
+def _without_read_only_notice():
+  """Orbax warns "Given directory is read only" whenever a manager opens a folder to read
+  it: news to nobody who loads a model, so that one line is dropped."""
+  orbax_logger = logging.getLogger("absl")  # orbax logs through absl.logging
+
+  def keep(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Given directory is read only")
+
+  orbax_logger.addFilter(keep)
+  try:
+    yield
+  finally:
+    orbax_logger.removeFilter(keep)
 
 
 def _steps(path: str) -> list[int]:

@@ -9,6 +9,7 @@ without JAX.
 
 import dataclasses
 import json
+import logging
 import math
 import os
 
@@ -251,6 +252,13 @@ def test_masked_prediction_accuracy_equals_the_logged_accuracy(trained):
   best = max(r["Accuracy|valid"] for r in rows)  # load() takes the best checkpoint
   assert accuracy == pytest.approx(best, abs=1e-12), (accuracy, [r["Accuracy|valid"] for r in rows])
   assert selected.sum() > 100 and accuracy > 0
+
+
+def test_load_of_a_healthy_model_folder_warns_nothing(trained, caplog):
+  cfg, _ = trained
+  caplog.set_level(logging.WARNING)
+  nlm_jax.load(cfg.checkpoint_path, devices=DEV)
+  assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def numpy_forward(folder, x):
