@@ -12,11 +12,13 @@ Pooling and long sequences: see nlm_jax/pretrained.py. Progress goes to stdout, 
 stderr (one line). Records are read one after another
 and embedded in chunks, and the embeddings are streamed into the file as they come, so
 memory does not grow with the number of records. The file is written under a temporary
-name and renamed when complete; an existing OUT is refused unless --overwrite.
+name and renamed when complete; an existing OUT is refused unless --overwrite and embed
+wrote it; OUT inside a model or export folder is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -37,7 +39,8 @@ _LONG = flags.DEFINE_enum("long_sequences", "windows", ["windows", "truncate"],
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Rows per device step.", lower_bound=1)
 _PRECISION = flags.DEFINE_enum("precision", "auto", ["auto", "fp32", "bf16"],
                                "auto: bf16 on GPU/TPU, fp32 on CPU.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace OUT if it exists.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False,
+                               "Replace OUT if it is an earlier output of embed.")
 
 
 class NpzStream:
@@ -102,14 +105,35 @@ def _records(path: str) -> Iterator[tuple[str, str]]:
     yield name, seq
 
 
+def _is_embedding_file(path: str) -> bool:
+  try:
+    with zipfile.ZipFile(path) as zf:
+      return {"ids.npy", "lengths.npy", "embeddings.npy"} == set(zf.namelist())
+  except (OSError, zipfile.BadZipFile):
+    return False
+
+
 def check_output(out: str, overwrite: bool) -> None:
+  """OUT must be a new .npz, or with --overwrite one that embed wrote, outside any model
+  or export folder."""
+  from nlm_jax.export import holder_of
+
   if not out.endswith(".npz"):
     raise UserError(f"OUT {out!r} must end in .npz.")
   if os.path.isdir(out):
     raise UserError(f"OUT {out!r} is a folder: pass a file name ending in .npz.")
-  if os.path.exists(out) and not overwrite:
-    raise UserError(f"OUT {out!r} exists: choose another name or add --overwrite.")
-  check_writable(os.path.dirname(os.path.abspath(out)), "output", "OUT")
+  if os.path.lexists(out):
+    if not overwrite:
+      raise UserError(f"OUT {out!r} exists: choose another name or add --overwrite.")
+    if os.path.islink(out) or not _is_embedding_file(out):
+      raise UserError(f"OUT {out!r} is no file that embed wrote (--overwrite replaces only "
+                      "those): choose another name.")
+  folder = os.path.dirname(os.path.abspath(out))
+  holder = holder_of(folder)
+  if holder is not None:
+    raise UserError(f"OUT {out!r} lies inside {holder!r}, which holds a model or an export: "
+                    "write it elsewhere.")
+  check_writable(folder, "output", "OUT")
 
 
 def embed_fasta(model_dir: str, fasta_path: str, out: str, pooling: str = "mean",
@@ -132,11 +156,11 @@ def embed_fasta(model_dir: str, fasta_path: str, out: str, pooling: str = "mean"
       names.append(name)
       yield seq
 
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   tmp = f"{out}.tmp-{os.getpid()}"
   progress = Progress(int(lengths.sum()), len(lengths))
   stream = None
   try:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     stream = NpzStream(tmp, len(lengths), model.d_model)
     for block in model.embed_stream(sequences(), pooling, long_sequences):
       stream.write(block)
@@ -144,11 +168,15 @@ def embed_fasta(model_dir: str, fasta_path: str, out: str, pooling: str = "mean"
     progress.close()
     stream.close(ids=np.array(names, dtype=str), lengths=lengths)
     os.replace(tmp, out)
-  except BaseException:
+  except BaseException as e:
     if stream is not None and stream.rows < stream.n_rows:
-      stream.abort()
+      with contextlib.suppress(OSError):
+        stream.abort()
     if os.path.exists(tmp):
       os.remove(tmp)
+    if isinstance(e, OSError):
+      raise UserError(f"writing OUT {out!r} failed ({e.strerror or e}): free disk space, or "
+                      "choose another OUT.") from None
     raise
   return len(lengths)
 

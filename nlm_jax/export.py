@@ -168,45 +168,100 @@ def lncrnapy_config(cfg: Config) -> dict[str, Any]:
           "output_relu": cfg.output_relu, "pred_batch_size": cfg.batch_size}
 
 
+def holder_of(path: str) -> str | None:
+  """The nearest folder at or above `path` that holds a pre-training run (config.json)
+  or an export (nlm_jax.json), or None: outputs written in there could be mistaken for
+  part of it, or destroy it."""
+  folder = os.path.abspath(path)
+  while True:
+    if any(os.path.isfile(os.path.join(folder, f)) for f in (checkpoint_lib.CONFIG_FILE, EXPORT_CONFIG)):
+      return folder
+    parent = os.path.dirname(folder)
+    if parent == folder:
+      return None
+    folder = parent
+
+
+def _is_export(path: str) -> bool:
+  """An export folder (replaceable with --overwrite): only what export writes, or nothing."""
+  names = set(os.listdir(path))
+  return not names or ({WEIGHTS, EXPORT_CONFIG} <= names
+                       and names <= {WEIGHTS, LNCRNAPY_CONFIG, EXPORT_CONFIG, BPE_FILE})
+
+
+def check_out_dir(model_dir: str, out_dir: str, overwrite: bool) -> None:
+  """Refuses an OUT_DIR that is, holds or lies inside MODEL_DIR or any run or export folder,
+  or that holds anything export did not write: --overwrite replaces only an export."""
+  out, model = os.path.realpath(out_dir), os.path.realpath(model_dir)
+  if out == model or out.startswith(model + os.sep) or model.startswith(out + os.sep):
+    raise UserError(f"OUT_DIR {out_dir!r} is, holds or lies inside MODEL_DIR {model_dir!r}: "
+                    "choose an OUT_DIR outside it.")
+  if os.path.lexists(out_dir):
+    if not os.path.isdir(out_dir) or os.path.islink(out_dir):
+      raise UserError(f"OUT_DIR {out_dir!r} exists and is no folder: choose another OUT_DIR.")
+    if not overwrite:
+      raise UserError(f"{out_dir!r} exists: choose another OUT_DIR or add --overwrite.")
+    if not _is_export(out_dir):
+      raise UserError(f"OUT_DIR {out_dir!r} holds files export did not write (--overwrite "
+                      "replaces only an export folder): choose another OUT_DIR.")
+  holder = holder_of(os.path.dirname(out))
+  if holder is not None:
+    raise UserError(f"OUT_DIR {out_dir!r} lies inside {holder!r}, which holds a model or an "
+                    "export: choose an OUT_DIR outside it.")
+  check_writable(os.path.dirname(out), "output", "OUT_DIR")
+
+
 def export(model_dir: str, out_dir: str, overwrite: bool = False) -> str:
   """Writes the best checkpoint of `model_dir` to `out_dir` (see the module docstring).
   The folder is written under a temporary name and renamed when complete; an existing
-  `out_dir` is refused unless `overwrite`."""
-  from safetensors.numpy import save_file
-
-  if os.path.exists(out_dir) and not overwrite:
-    raise UserError(f"{out_dir!r} exists: choose another OUT_DIR or add --overwrite.")
-  parent = os.path.dirname(os.path.abspath(out_dir))
-  check_writable(parent, "output", "OUT_DIR")
+  `out_dir` is refused unless `overwrite` and it is an export folder (check_out_dir)."""
+  check_out_dir(model_dir, out_dir, overwrite)
   cfg, params = checkpoint_lib.restore(model_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
-  umask = os.umask(0)
-  os.umask(umask)
+  tensors = to_tensors(cfg, params)
+  parent = os.path.dirname(os.path.abspath(out_dir))
+  tmp = None
   try:
-    save_file(to_tensors(cfg, params), os.path.join(tmp, WEIGHTS),
-              metadata={"format": "pt", "exported_by": "nlm_jax", "exp_name": cfg.exp_name})
-    with open(os.path.join(tmp, LNCRNAPY_CONFIG), "w") as f:
-      json.dump(lncrnapy_config(cfg), f, indent=2, sort_keys=True)
-    with open(os.path.join(tmp, EXPORT_CONFIG), "w") as f:
-      f.write(cfg.to_json())
-    if cfg.encoding_method == "bpe":
-      bpe = os.path.join(model_dir, BPE_FILE)
-      shutil.copyfile(bpe if os.path.isfile(bpe) else cfg.bpe_path, os.path.join(tmp, BPE_FILE))
-    os.chmod(tmp, 0o777 & ~umask)
-    for name in os.listdir(tmp):
-      os.chmod(os.path.join(tmp, name), 0o666 & ~umask)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    _write(cfg, tensors, model_dir, tmp)
     if os.path.exists(out_dir):  # --overwrite: the old folder goes only once the new one is whole
       old = tmp + ".old"
       os.rename(out_dir, old)
-      os.rename(tmp, out_dir)
+      try:
+        os.rename(tmp, out_dir)
+      except BaseException:
+        os.rename(old, out_dir)
+        raise
       shutil.rmtree(old)
     else:
       os.rename(tmp, out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+  except BaseException as e:
+    if tmp is not None:
+      shutil.rmtree(tmp, ignore_errors=True)
+    if isinstance(e, OSError):
+      raise UserError(f"writing the export folder {out_dir!r} failed ({e.strerror or e}): free "
+                      "disk space, or choose another OUT_DIR.") from None
     raise
   return out_dir
+
+
+def _write(cfg: Config, tensors: dict[str, np.ndarray], model_dir: str, folder: str) -> None:
+  from safetensors.numpy import save_file
+
+  save_file(tensors, os.path.join(folder, WEIGHTS),
+            metadata={"format": "pt", "exported_by": "nlm_jax", "exp_name": cfg.exp_name})
+  with open(os.path.join(folder, LNCRNAPY_CONFIG), "w") as f:
+    json.dump(lncrnapy_config(cfg), f, indent=2, sort_keys=True)
+  with open(os.path.join(folder, EXPORT_CONFIG), "w") as f:
+    f.write(cfg.to_json())
+  if cfg.encoding_method == "bpe":
+    bpe = os.path.join(model_dir, BPE_FILE)
+    shutil.copyfile(bpe if os.path.isfile(bpe) else cfg.bpe_path, os.path.join(folder, BPE_FILE))
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(folder, 0o777 & ~umask)  # mkdtemp made it private
+  for name in os.listdir(folder):
+    os.chmod(os.path.join(folder, name), 0o666 & ~umask)
 
 
 def read(path: str) -> tuple[Config, dict[str, Any]]:
@@ -240,5 +295,5 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
   from nlm_jax import cli
 
-  flags.DEFINE_bool("overwrite", False, "Replace OUT_DIR if it exists.")
+  flags.DEFINE_bool("overwrite", False, "Replace OUT_DIR if it is an earlier export.")
   cli.run(main, "nlm_jax.export")

@@ -66,6 +66,10 @@ def test_export_then_embed_from_the_export(model_dir, tmp_path):
   assert proc.returncode == 0, proc.stderr
   assert sorted(os.listdir(tmp_path / "exported")) == ["config.json", "model.safetensors",
                                                        "nlm_jax.json"]
+  # --overwrite replaces an earlier export, and leaves nothing else behind.
+  proc = run_module("nlm_jax.export", tmp_path, model_dir, "exported", "--overwrite")
+  assert proc.returncode == 0, proc.stderr
+  assert sorted(os.listdir(tmp_path)) == ["exported", "in.fa"]
   for source, out in ((model_dir, "a.npz"), ("exported", "b.npz")):
     proc = run_module("nlm_jax.embed", tmp_path, source, "in.fa", out)
     assert proc.returncode == 0, proc.stderr
@@ -159,8 +163,49 @@ EMBED_CASES = {
     "two_arguments": _args("MODEL", "in.fa", fragments=["expected MODEL_DIR, FASTA and OUT"]),
 }
 
+def _not_an_export(tmp, model):
+  (tmp / "mine").mkdir()
+  (tmp / "mine" / "notes.txt").write_text("mine\n")
+  return ["MODEL", "mine", "--overwrite"], ["'mine'", "did not write", "choose another OUT_DIR"]
+
+
+def _inside_other_run(tmp, model):
+  (tmp / "run").mkdir()
+  (tmp / "run" / "config.json").write_text("{}")
+  return ["MODEL", "run/exp", "--overwrite"], ["'run/exp'", "lies inside", "run"]
+
+
+def _out_dir_exists(tmp, model):
+  (tmp / "prev").mkdir()
+  return ["MODEL", "prev"], ["'prev'", "exists", "--overwrite"]
+
+
+def _embedding_overwrites_other_file(tmp, model):
+  (tmp / "out.npz").write_bytes(b"my earlier embeddings")
+  return ["MODEL", "in.fa", "out.npz", "--overwrite"], ["'out.npz'", "no file that embed wrote"]
+
+
+EMBED_CASES.update({
+    "overwrite_of_a_file_embed_did_not_write": _embedding_overwrites_other_file,
+    "out_inside_the_model_folder": _args("MODEL", "in.fa", "MODEL/e.npz", "--overwrite",
+                                         fragments=["lies inside", "model or an export"]),
+    "out_folder_cannot_exist": _args("MODEL", "in.fa", "/proc/nope/e.npz",
+                                     fragments=["/proc/nope", "OUT"]),
+})
+
 EXPORT_CASES = {
-    "out_dir_exists": _args("MODEL", "in.fa", fragments=["'in.fa'", "exists", "--overwrite"]),
+    # --overwrite never destroys what export did not write.
+    "out_dir_is_model_dir": _args("MODEL", "MODEL", "--overwrite",
+                                  fragments=["is, holds or lies inside MODEL_DIR"]),
+    "out_dir_is_parent_of_model_dir": _args("MODEL", "MODEL/..", "--overwrite",
+                                            fragments=["is, holds or lies inside MODEL_DIR"]),
+    "out_dir_inside_model_dir": _args("MODEL", "MODEL/sub", "--overwrite",
+                                      fragments=["is, holds or lies inside MODEL_DIR"]),
+    "out_dir_is_a_file": _args("MODEL", "in.fa", "--overwrite", fragments=["'in.fa'", "no folder"]),
+    "out_dir_not_an_export": _not_an_export,
+    "out_dir_inside_another_run": _inside_other_run,
+    "out_dir_cannot_exist": _args("MODEL", "/proc/nope/out", fragments=["/proc/nope", "OUT_DIR"]),
+    "out_dir_exists": _out_dir_exists,
     "model_dir_missing": _args("nope", "out", fragments=["'nope'", "config.json"]),
     "one_argument": _args("MODEL", fragments=["expected MODEL_DIR and OUT_DIR"]),
 }
@@ -171,7 +216,7 @@ EXPORT_CASES = {
 def test_bad_input_is_one_line_error(model_dir, tmp_path, command, case):
   write_fasta(tmp_path / "in.fa", random_seqs(3, 10, 50, seed=5))
   args, fragments = (EMBED_CASES if command == "embed" else EXPORT_CASES)[case](tmp_path, model_dir)
-  args = [model_dir if a == "MODEL" else a for a in args]
+  args = [a.replace("MODEL", model_dir, 1) if a.startswith("MODEL") else a for a in args]
   before = snapshot(tmp_path)
   model_before = snapshot(model_dir)
   proc = run_module(f"nlm_jax.{command}", tmp_path, *args)
