@@ -41,6 +41,7 @@ Fields of a training line ("kind": "train"):
     times faster one core samples than the step consumes.
   host_load_1m: the host's 1-minute load average when timing began: on a shared machine
     anything near or above the core count means the figures are contended.
+  allocator: the malloc of the process ("malloc: mimalloc", see nlm_jax/allocator.py).
 A configuration that does not fit even at the smallest batch prints
 {"kind": "train", "config": ..., "error": ...} instead.
 
@@ -77,6 +78,7 @@ import numpy as np
 from absl import app
 from absl import flags
 
+from nlm_jax import allocator
 from nlm_jax import fasta as fasta_lib
 from nlm_jax import sampler as sampler_lib
 from nlm_jax.config import Config
@@ -440,7 +442,7 @@ def train_record(name: str, cfg: Config, warmup: int, steps: int) -> dict[str, A
       "flops_per_step": flops, "flops_source": source, "flops_per_step_6nd": flops_6nd,
       "achieved_flops_per_s": achieved, "peak_flops_per_s": peak,
       "peak_matmul_n": peak_n, "peak_matmul_iters": peak_iters, "peak_dtype": peak_dtype,
-      "mfu": achieved / peak, "host_load_1m": load_1m,
+      "mfu": achieved / peak, "host_load_1m": load_1m, "allocator": allocator.describe(),
       "sampler_samples_per_s": sampler_per_s, "sampler_vs_train": sampler_per_s / train_per_s,
   }
 
@@ -488,4 +490,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  allocator.preload()  # re-executes this command with mimalloc, before JAX loads
   app.run(main)

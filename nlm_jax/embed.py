@@ -28,6 +28,7 @@ from typing import Iterator
 import numpy as np
 from absl import flags
 
+from nlm_jax import allocator
 from nlm_jax import fasta as fasta_lib
 from nlm_jax.config import UserError, check_writable
 
@@ -148,7 +149,7 @@ def embed_fasta(model_dir: str, fasta_path: str, out: str, pooling: str = "mean"
   model = pretrained.load(model_dir, precision=precision, batch_size=batch_size)
   print(f"embedding {len(lengths):,} records ({int(lengths.sum()):,} nt) of {fasta_path} with "
         f"{model.cfg.exp_name} ({pooling} pooling, {model.cfg.precision}, "
-        f"{model.mesh.devices.size} device(s))", flush=True)
+        f"{model.mesh.devices.size} device(s), {allocator.describe()})", flush=True)
   names: list[str] = []
 
   def sequences() -> Iterator[str]:
@@ -194,4 +195,5 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
   from nlm_jax import cli
 
+  allocator.preload()  # re-executes this command with mimalloc, before JAX loads
   cli.run(main, "nlm_jax.embed")

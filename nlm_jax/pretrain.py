@@ -14,6 +14,7 @@ import sys
 from absl import app
 from absl import flags
 
+from nlm_jax import allocator
 from nlm_jax import cli
 from nlm_jax import config
 
@@ -44,4 +45,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  allocator.preload()  # re-executes this command with mimalloc, before JAX loads
   app.run(main, flags_parser=cli.flags_parser(PROG))

@@ -22,6 +22,7 @@ from flax.training import train_state
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from nlm_jax import allocator
 from nlm_jax import checkpoint as checkpoint_lib
 from nlm_jax import fasta as fasta_lib
 from nlm_jax import history as history_lib
@@ -246,8 +247,9 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
     if cfg.encoding_method == "bpe":  # the model folder is complete without --data_dir
       shutil.copyfile(cfg.bpe_path, os.path.join(cfg.checkpoint_path, checkpoint_lib.BPE_FILE))
 
-  log.info("process %d of %d, %d devices (%s), %s; experiment %s", jax.process_index(),
-               jax.process_count(), n_devices, platform, cfg.precision, cfg.exp_name)
+  log.info("process %d of %d, %d devices (%s), %s, %s; experiment %s", jax.process_index(),
+           jax.process_count(), n_devices, platform, cfg.precision, allocator.describe(),
+           cfg.exp_name)
   log.info("training on %d sequences of %s, validating on %d of %s", len(train_fa),
                cfg.train_path, min(cfg.n_eval, len(valid_fa)), cfg.valid_path)
 

@@ -13,7 +13,7 @@ TRAIN_KEYS = {
     "train_samples_per_s", "nucleotides_per_sample", "train_nucleotides_per_s",
     "flops_per_step", "flops_source", "flops_per_step_6nd", "achieved_flops_per_s",
     "peak_flops_per_s", "peak_matmul_n", "peak_matmul_iters", "peak_dtype", "mfu",
-    "host_load_1m", "sampler_samples_per_s", "sampler_vs_train"}
+    "host_load_1m", "allocator", "sampler_samples_per_s", "sampler_vs_train"}
 FASTA_KEYS = {
     "kind", "config", "generate_s", "file_bytes", "n_sequences", "index_s", "stream_s",
     "batches", "rows_per_s", "distinct_sequences", "index_span", "max_rss_bytes",
@@ -54,6 +54,8 @@ def test_bench_demo(tmp_path):
   assert train["compute_dtype"] == "float32"
   assert train["nucleotides_per_sample"] == 63 * 9
   assert 0 < train["mfu"] < 1.5
+  if sys.platform == "linux":
+    assert train.pop("allocator") == "malloc: mimalloc"
 
   assert set(stream) == FASTA_KEYS
   assert stream["kind"] == "fasta_stream" and stream["jax_loaded"] is False
