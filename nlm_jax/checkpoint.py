@@ -1,8 +1,10 @@
 """Checkpoints with orbax: one folder per experiment, one preservation policy that keeps
 the best-Accuracy|valid checkpoint and the latest (resume) checkpoint.
 
+model_dir/exp_name.lock   held (flock) by the run writing the folder: one writer at a time
 model_dir/exp_name/
   config.json       the run's Config: enough to rebuild the model and to resume
+  data.json         size and CRC-32 of the FASTA files: a resume must read the same
   tokenizer.bpe     BPE encodings: a copy of --bpe_file
   <batch>/          orbax steps, numbered by completed batches: params, opt_state,
                     meta (epoch, step in epoch, best, history) and metrics
@@ -16,9 +18,11 @@ renames it when complete: a killed save leaves no half checkpoint behind.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
+import socket
 import time
 from typing import Any
 
@@ -33,6 +37,7 @@ log = logging.getLogger(__name__)  # cli.quiet_libraries keeps nlm_jax's loggers
 METRIC = "Accuracy|valid"
 NO_METRIC = -1.0  # saves inside an epoch: never "best"
 CONFIG_FILE = "config.json"
+DATA_FILE = "data.json"  # size and CRC-32 of the FASTA files the run started with
 BPE_FILE = "tokenizer.bpe"  # a copy of --bpe_file, for BPE encodings
 
 
@@ -117,22 +122,110 @@ def load_config(path: str) -> Config:
                     "it, or start anew with --fresh.") from None
 
 
-def _write_config(path: str, cfg: Config) -> None:
-  tmp = os.path.join(path, CONFIG_FILE + ".tmp")
-  with open(tmp, "w") as f:
-    f.write(cfg.to_json())
-  os.replace(tmp, os.path.join(path, CONFIG_FILE))
+def _write_json(path: str, name: str, text: str) -> None:
+  tmp = os.path.join(path, name + ".tmp")
+  try:
+    with open(tmp, "w") as f:
+      f.write(text)
+    os.replace(tmp, os.path.join(path, name))
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise
+
+
+def _check_data(path: str, data: dict[str, str]) -> None:
+  """A resume must read the FASTA files the run started with (size and CRC-32)."""
+  try:
+    with open(os.path.join(path, DATA_FILE)) as f:
+      old = json.load(f)
+  except (OSError, ValueError):
+    return  # a folder from before data.json: nothing to compare
+  changed = [k for k in data if k in old and old[k] != data[k]]
+  if changed:
+    raise UserError(f"the {' and '.join(changed)} FASTA differ(s) from the one(s) the run in "
+                    f"{path!r} started with (size or checksum): pass the same files to resume, "
+                    "or add --fresh to start anew (the old folder is kept).")
+
+
+class RunLock:
+  """One writer per model folder: an exclusive flock on `<folder>.lock`, held for the whole
+  run. The OS drops it when the process dies, so a killed run leaves no lock that counts
+  (the file left behind is taken over by the next run)."""
+
+  def __init__(self, path: str):
+    self.file = f"{path}.lock"
+    try:
+      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+      while True:
+        fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+          fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+          holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+          os.close(fd)
+          raise UserError(f"model folder {path!r} is in use by {holder}, which is writing it: "
+                          "wait until that run ends (or stop it), or choose another "
+                          "--exp_prefix or --model_dir.") from None
+        try:  # the holder before may have removed the file between our open and flock
+          if os.stat(self.file).st_ino == os.fstat(fd).st_ino:
+            break
+        except FileNotFoundError:
+          pass
+        os.close(fd)
+      os.ftruncate(fd, 0)
+      os.write(fd, f"process {os.getpid()} on {socket.gethostname()}".encode())
+    except OSError as e:
+      raise UserError(f"cannot create the model folder {path!r} ({e.strerror or e}): choose "
+                      "a writable --model_dir.") from None
+    self.fd: int | None = fd
+
+  def release(self) -> None:
+    if self.fd is not None:
+      with contextlib.suppress(OSError):
+        os.unlink(self.file)
+      os.close(self.fd)
+      self.fd = None
 
 
 class Checkpointer:
-  """Opens the experiment's model folder: anew, or to resume the same configuration."""
+  """Opens the experiment's model folder: anew, or to resume the same configuration and
+  the same data (`data`: name -> fasta.Fasta.identity of each FASTA file).
 
-  def __init__(self, path: str, cfg: Config):
+  A folder without checkpoints (a start that failed before its first save) holds nothing
+  to resume: it is started anew whatever settings it names."""
+
+  def __init__(self, path: str, cfg: Config, data: dict[str, str] | None = None):
     self.path = path
     self.is_writer = jax.process_index() == 0
-    exists = os.path.isdir(path) and bool(os.listdir(path))
+    data = data or {}
+    exists = bool(_steps(path))
     if jax.process_count() > 1:  # every process has looked before process 0 changes the folder
       multihost_utils.sync_global_devices("nlm_jax.checkpoint: model folder looked at")
+    if not cfg.fresh:  # read-only checks first: a refused run changes nothing
+      self._check_resumable(cfg, data, exists)
+    self._lock = RunLock(path) if self.is_writer else None
+    try:
+      self._open(cfg, data, exists)
+    except BaseException:
+      self._release()
+      raise
+
+  def _check_resumable(self, cfg: Config, data: dict[str, str], exists: bool) -> None:
+    if not exists and not os.path.isfile(os.path.join(self.path, CONFIG_FILE)):
+      return
+    old = load_config(self.path)
+    diff = cfg.differences(old)
+    if diff and exists:
+      changes = ", ".join(f"--{k} {getattr(old, k)!r} -> {getattr(cfg, k)!r}" for k in diff)
+      raise UserError(f"model folder {self.path!r} holds a run with other settings ({changes}): "
+                      "rerun with its settings to resume, add --fresh to start anew (the old "
+                      "folder is kept), or choose another --exp_prefix or --model_dir.")
+    if exists:
+      _check_data(self.path, data)
+
+  def _open(self, cfg: Config, data: dict[str, str], exists: bool) -> None:
+    path = self.path
     if exists and cfg.fresh:
       aside = f"{path}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
       if self.is_writer:
@@ -140,19 +233,20 @@ class Checkpointer:
       log.info("--fresh: the earlier run's folder is kept as %s", aside)
       exists = False
     self.resuming = exists
-    if exists:
-      old = load_config(path)
-      diff = cfg.differences(old)
-      if diff:
-        changes = ", ".join(f"--{k} {getattr(old, k)!r} -> {getattr(cfg, k)!r}" for k in diff)
-        raise UserError(f"model folder {path!r} holds a run with other settings ({changes}): "
-                        "rerun with its settings to resume, add --fresh to start anew (the old "
-                        "folder is kept), or choose another --exp_prefix or --model_dir.")
     if self.is_writer:
-      os.makedirs(path, exist_ok=True)
-      _write_config(path, cfg)  # a resumed run may have changed --epochs
+      try:
+        os.makedirs(path, exist_ok=True)
+        _write_json(path, CONFIG_FILE, cfg.to_json())  # a resumed run may have changed --epochs
+        _write_json(path, DATA_FILE, json.dumps(data, indent=2, sort_keys=True))
+      except OSError as e:
+        raise UserError(f"cannot write the model folder {path!r} ({e.strerror or e}): free disk "
+                        "space or choose a writable --model_dir.") from None
       _set_aside_damaged(path)
     self._manager = _manager(path)
+
+  def _release(self) -> None:
+    if self._lock is not None:
+      self._lock.release()
 
   def save(self, batch: int, state: Any, meta: dict[str, Any], metric: float) -> None:
     """Asynchronous: returns once the arrays are copied; orbax writes in the background.
@@ -206,9 +300,12 @@ class Checkpointer:
       self._manager.wait_until_finished()
 
   def close(self) -> None:
-    with self._reporting_failures():
-      self._manager.wait_until_finished()
-      self._manager.close()
+    try:
+      with self._reporting_failures():
+        self._manager.wait_until_finished()
+        self._manager.close()
+    finally:
+      self._release()
 
 
 def restore(path: str) -> tuple[Config, Any]:

@@ -241,7 +241,8 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
   if writer:
     check_writable(cfg.model_root, "model", "--model_dir")
     check_writable(cfg.results_path, "results", "--results_dir")
-  checkpointer = checkpoint_lib.Checkpointer(cfg.checkpoint_path, cfg)
+  checkpointer = checkpoint_lib.Checkpointer(
+      cfg.checkpoint_path, cfg, {"training": train_fa.identity, "validation": valid_fa.identity})
   if writer:
     os.makedirs(cfg.results_path, exist_ok=True)
     if cfg.encoding_method == "bpe":  # the model folder is complete without --data_dir

@@ -27,6 +27,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -460,6 +461,27 @@ def test_libraries_installed_under_a_folder_named_nlm_jax_stay_quiet(tmp_path):
             if not (m := re.match(r"[IWEF]\d{4} [\d:.]+ +\d+ (\S+):\d+\] ", l)) or m[1] not in ours]
   assert not theirs, proc.stderr
   assert len(proc.stderr.splitlines()) < 10, proc.stderr
+
+
+def test_second_run_into_the_same_model_folder_is_one_line_error(tmp_path):
+  """The same command started twice: the second stops at once, naming the first."""
+  good_files(tmp_path)
+  args = ["train.fa", "valid.fa", *TINY, "--epochs=3"]
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  first = subprocess.Popen([sys.executable, "-m", "nlm_jax.pretrain", *args], cwd=tmp_path,
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  lock = tmp_path / "M" / f"{EXP}.lock"
+  deadline = time.monotonic() + 120
+  while not (lock.exists() and lock.read_text()) and first.poll() is None:
+    assert time.monotonic() < deadline, "the first run never took the lock"
+    time.sleep(0.05)
+  second = run_pretrain(tmp_path, *args, timeout=60)
+  _, err = first.communicate(timeout=300)
+  assert first.returncode == 0 and "Traceback" not in err, err
+  assert_one_line_error(second, [os.path.join("M", EXP), f"in use by process {first.pid}",
+                                 "--model_dir"])
+  history_rows(tmp_path, epochs=3)
+  assert not lock.exists()
 
 
 # --------------------------------------------------------- a finished run's model folder

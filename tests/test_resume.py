@@ -190,3 +190,26 @@ def test_failed_save_is_reported_and_earlier_checkpoints_remain(data, tmp_path, 
   assert sorted(int(n) for n in os.listdir(cfg.checkpoint_path) if n.isdigit()) == [5]
   rows = train.run(cfg, devices=jax.devices()[:1])
   assert len(rows) == 2
+
+
+def test_one_writer_per_model_folder_and_a_killed_one_leaves_no_lock(tmp_path):
+  from nlm_jax.config import UserError
+
+  path = str(tmp_path / "M" / "EXP")
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time; from nlm_jax.checkpoint import RunLock; "
+       "RunLock(sys.argv[1]); print('locked', flush=True); time.sleep(120)", path],
+      stdout=subprocess.PIPE, text=True, env=env())
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(UserError, match=f"in use by process {holder.pid} on "):
+      checkpoint.RunLock(path)
+  finally:
+    holder.kill()
+    holder.wait()
+  assert os.path.exists(path + ".lock")  # SIGKILL: the file stays, the lock does not
+  lock = checkpoint.RunLock(path)
+  with open(path + ".lock") as f:
+    assert f.read() == f"process {os.getpid()} on {os.uname().nodename}"
+  lock.release()
+  assert not os.path.exists(path + ".lock")
