@@ -91,6 +91,7 @@ _BLOCK = 1 << 22  # bytes the reader takes at a time
 _BOM = b"\xef\xbb\xbf"
 _SPACE = np.zeros(256, dtype=np.uint8)  # ASCII whitespace: never part of a sequence
 _SPACE[list(b" \t\n\v\f\r")] = 1
+_TARGET = (_CODES < N).astype(np.uint8)  # A, C, G, T, U in either case: what MLM predicts
 
 
 class _Reader:
@@ -102,7 +103,8 @@ class _Reader:
   skipped; a NUL byte is refused. Iterating yields, per block, (names of the records it
   opens, letters per record with [0] continuing the record before, letters or None).
 
-  After the pass, `identity` is the size and CRC-32 of the (decompressed) bytes and
+  After the pass, `identity` is the size and CRC-32 of the (decompressed) bytes,
+  `targets` the number of A, C, G, T and U (what masked modelling can predict), and
   `indexable` says whether pyfastx's index reads the file the same way: it does not
   with blank lines (an empty line right after a header makes its slicing divide by zero:
   SIGFPE), whitespace inside sequence lines or NUL bytes (it returns other letters),
@@ -111,7 +113,7 @@ class _Reader:
 
   def __init__(self, path: str, what: str, letters: bool):
     self.path, self.what, self.letters = path, what, letters
-    self.indexable, self.identity = True, ""
+    self.indexable, self.identity, self.targets = True, "", 0
     self._crlf: bool | None = None
     self._lines = 0
 
@@ -158,6 +160,7 @@ class _Reader:
       raise UserError(f"{self.what} file {self.path!r} is not FASTA (it does not start with a "
                       "'>' header line): pass a FASTA file.")
     self._check_indexable(buf, starts, ends, is_header, letters_L, space_L)
+    self.targets += int(np.add.reduceat(_TARGET[buf], starts, dtype=np.int64)[~is_header].sum())
     counts = np.bincount(record_L, weights=letters_L, minlength=len(names) + 1).astype(np.int64)
     letters = None
     if self.letters:
@@ -209,10 +212,11 @@ class Fasta:
   random access is ~100x slower) they are kept in a compact 1-byte-per-nucleotide cache.
   Not thread-safe and not fork-safe (pyfastx): open one per thread or process.
   random_access=False reads only names and lengths, for callers that stream the records
-  themselves (`records`).
+  themselves (`records`). targets=True refuses a file without any A, C, G, T or U.
   """
 
-  def __init__(self, path: str, what: str = "the", random_access: bool = True):
+  def __init__(self, path: str, what: str = "the", random_access: bool = True,
+               targets: bool = False):
     _check_fasta_file(path, what)
     self.path = path
     gzipped = _is_gzip(path)
@@ -227,6 +231,9 @@ class Fasta:
       names = ", ".join(self._names[int(i)] for i in empty[:3])
       raise UserError(f"{what} FASTA {path!r} has {len(empty)} record(s) without sequence ({names}"
                       f"{', ...' if len(empty) > 3 else ''}): remove them.")
+    if targets and reader.targets == 0:
+      raise UserError(f"{what} FASTA {path!r} holds no A, C, G, T or U (only N, gaps or other "
+                      "symbols): there is nothing to predict. Pass nucleotide sequences.")
     self._fa = None
     if random_access and not gzipped and reader.indexable:
       try:

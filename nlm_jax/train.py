@@ -235,8 +235,8 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
   if cfg.batch_size % n_devices:
     raise UserError(f"--batch_size {cfg.batch_size} is not divisible by the {n_devices} devices: "
                     f"use a multiple of {n_devices}.")
-  train_fa = fasta_lib.Fasta(cfg.train_path, "training")
-  valid_fa = fasta_lib.Fasta(cfg.valid_path, "validation")
+  train_fa = fasta_lib.Fasta(cfg.train_path, "training", targets=True)
+  valid_fa = fasta_lib.Fasta(cfg.valid_path, "validation", targets=True)
   writer = jax.process_index() == 0
   if writer:
     check_writable(cfg.model_root, "model", "--model_dir")

@@ -222,6 +222,26 @@ def _last_record_without_sequence(tmp):
   return ["train.fa", "tail.fa"], ["validation", "'tail.fa'", "without sequence", "tail_record"]
 
 
+def _nothing_to_predict(which, seq):
+  def case(tmp):
+    (tmp / "nothing.fa").write_bytes(b"".join(b">r%d\n%s\n" % (i, seq) for i in range(12)))
+    what = {"train": "training", "valid": "validation"}[which]
+    args = ["nothing.fa", "valid.fa"] if which == "train" else ["train.fa", "nothing.fa"]
+    return args, [what, "'nothing.fa'", "no A, C, G, T or U", "nothing to predict"]
+  return case
+
+
+def _nul_byte(tmp):
+  data = (tmp / "train.fa").read_bytes()
+  (tmp / "nul.fa").write_bytes(data[:200] + b"\0" + data[200:])
+  return ["nul.fa", "valid.fa"], ["'nul.fa'", "NUL byte", "line"]
+
+
+def _cr_only(tmp):
+  (tmp / "mac.fa").write_bytes((tmp / "train.fa").read_bytes().replace(b"\n", b"\r"))
+  return ["mac.fa", "valid.fa"], ["'mac.fa'", "CR alone", "LF"]
+
+
 def _folder(tmp):
   (tmp / "data.fa").mkdir()
   return ["data.fa", "valid.fa"], ["'data.fa'", "folder"]
@@ -330,6 +350,11 @@ ERROR_CASES = {
     "record_without_sequence": _record_without_sequence,
     "last_record_without_sequence": _last_record_without_sequence,
     "folder_instead_of_file": _folder,
+    # Nothing to predict: a run would report Loss 0.0000, Accuracy 0.0000.
+    "train_only_n": _nothing_to_predict("train", b"NNNNNNNNNNNNNNNNNNNNNNNN"),
+    "valid_only_gaps": _nothing_to_predict("valid", b"------....------"),
+    "fasta_nul_byte": _nul_byte,
+    "fasta_cr_only_line_ends": _cr_only,
     "data_dir_without_files": _data_dir_without_files,
     # Positional arguments and flags.
     "one_path": _args("train.fa", fragments=["expected two FASTA paths", "got 1"]),
@@ -656,11 +681,14 @@ def test_gzipped_training_fasta_trains(tmp_path):
   assert_trains(run_pretrain(tmp_path, "train.fa.gz", "valid.fa", *TINY), tmp_path)
 
 
-def test_windows_line_endings_train(tmp_path):
+def test_windows_line_endings_and_empty_lines_train(tmp_path):
   train = random_seqs(20, 20, 80, seed=12)
   valid = random_seqs(10, 20, 80, seed=13)
   write_fasta(tmp_path / "train.fa", train, "train", newline="\r\n", width=30)
   write_fasta(tmp_path / "valid.fa", valid, "valid", newline="\r\n", width=30)
+  # An empty line after each header: pyfastx's slicing divided by zero there (SIGFPE).
+  data = (tmp_path / "train.fa").read_bytes()
+  (tmp_path / "train.fa").write_bytes(re.sub(rb"(>[^\r]*\r\n)", rb"\1\r\n", data))
   assert b"\r\n" in (tmp_path / "train.fa").read_bytes()
   # '\r' must not end up in the sequences (as N) nor in their lengths.
   from nlm_jax import fasta as fasta_lib

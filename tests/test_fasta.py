@@ -181,3 +181,13 @@ def test_cr_only_line_ends_are_refused(tmp_path):
   path.write_bytes(b">a\rACGT\r>b\rGG\r")
   with pytest.raises(UserError, match="CR alone"):
     fasta_lib.Fasta(str(path))
+
+
+def test_a_file_without_targets_is_refused_where_targets_are_needed(tmp_path):
+  path = tmp_path / "n.fa"
+  path.write_bytes(b">a\nNNNN-..\n>b\nnnRY\n")
+  assert fasta_lib.Fasta(str(path)).lengths.tolist() == [7, 4]  # embed reads it
+  with pytest.raises(UserError, match="holds no A, C, G, T or U"):
+    fasta_lib.Fasta(str(path), "training", targets=True)
+  path.write_bytes(b">a\nNNNN-..\n>b\nnnRu\n")  # one U is enough
+  fasta_lib.Fasta(str(path), targets=True)
