@@ -2,9 +2,11 @@ r"""Embeds every record of a FASTA file with a pre-trained model.
 
   python -m nlm_jax.embed MODEL_DIR FASTA OUT.npz [--pooling mean|max|cls]
       [--long_sequences windows|truncate] [--batch_size 64] [--precision auto] [--overwrite]
+      [--context_length N] [--bpe_file F]
 
-MODEL_DIR is a pre-training folder (model_dir/exp_name; its best checkpoint) or an export
-folder. OUT.npz holds
+MODEL_DIR is a pre-training folder (model_dir/exp_name; its best checkpoint), an export
+folder, or a folder of lncRNA-Py's save_pretrained (its MaskedConvModel and
+MaskedTokenModel: the published lncRNA-BERT models). OUT.npz holds
   ids         the record names, in file order (str)
   lengths     the records' lengths in nucleotides (int64)
   embeddings  (records, d_model) float32: row i embeds record i
@@ -42,6 +44,11 @@ _PRECISION = flags.DEFINE_enum("precision", "auto", ["auto", "fp32", "bf16"],
                                "auto: bf16 on GPU/TPU, fp32 on CPU.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False,
                                "Replace OUT if it is an earlier output of embed.")
+_CONTEXT = flags.DEFINE_integer(
+    "context_length", None, "Positions of a window, CLS included (default: the model's; 768 "
+    "for lncRNA-Py's folders, which do not store it).", lower_bound=2)
+_BPE_FILE = flags.DEFINE_string("bpe_file", "", "The .bpe file of a lncRNA-Py BPE model "
+                                "(nlm_jax's folders hold their own).")
 
 
 class NpzStream:
@@ -139,17 +146,20 @@ def check_output(out: str, overwrite: bool) -> None:
 
 def embed_fasta(model_dir: str, fasta_path: str, out: str, pooling: str = "mean",
                 long_sequences: str = "windows", batch_size: int = 64,
-                precision: str = "auto", overwrite: bool = False) -> int:
+                precision: str = "auto", overwrite: bool = False,
+                context_length: int | None = None, bpe_file: str = "") -> int:
   """Writes `out` (see the module docstring); returns the number of records."""
   check_output(out, overwrite)
   fa = fasta_lib.Fasta(fasta_path, "input", random_access=False)  # validates; lengths
   lengths = fa.lengths
   from nlm_jax import pretrained
 
-  model = pretrained.load(model_dir, precision=precision, batch_size=batch_size)
+  model = pretrained.load(model_dir, precision=precision, batch_size=batch_size,
+                          bpe_file=bpe_file, context_length=context_length)
   print(f"embedding {len(lengths):,} records ({int(lengths.sum()):,} nt) of {fasta_path} with "
-        f"{model.cfg.exp_name} ({pooling} pooling, {model.cfg.precision}, "
-        f"{model.mesh.devices.size} device(s), {allocator.describe()})", flush=True)
+        f"{model.cfg.exp_name} ({pooling} pooling, context {model.cfg.context_length}, "
+        f"{model.cfg.precision}, {model.mesh.devices.size} device(s), {allocator.describe()})",
+        flush=True)
   names: list[str] = []
 
   def sequences() -> Iterator[str]:
@@ -188,7 +198,7 @@ def main(argv: list[str]) -> None:
                     "python -m nlm_jax.embed MODEL_DIR FASTA OUT.npz [--pooling mean]")
   start = time.perf_counter()
   n = embed_fasta(argv[1], argv[2], argv[3], _POOLING.value, _LONG.value, _BATCH_SIZE.value,
-                  _PRECISION.value, _OVERWRITE.value)
+                  _PRECISION.value, _OVERWRITE.value, _CONTEXT.value, _BPE_FILE.value)
   print(f"wrote {argv[3]}: {n:,} embeddings in {time.perf_counter() - start:.1f} s")
 
 

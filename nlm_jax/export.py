@@ -1,5 +1,6 @@
 r"""Exports a pre-trained model to safetensors, in lncRNA-Py's layout, so the weights
-load outside JAX.
+load outside JAX; reads that layout back (`read`), from nlm_jax's exports and from
+lncRNA-Py's own save_pretrained folders alike, through the one mapping `key_map`.
 
   python -m nlm_jax.export MODEL_DIR OUT_DIR [--overwrite]
 
@@ -31,13 +32,13 @@ import numpy as np
 from absl import flags
 
 from nlm_jax import checkpoint as checkpoint_lib
+from nlm_jax import folders
 from nlm_jax.config import Config, UserError, check_writable
+from nlm_jax.folders import BPE_FILE, EXPORT_CONFIG, PE_LENGTH, WEIGHTS, lncrnapy_config
 
-WEIGHTS = "model.safetensors"
-LNCRNAPY_CONFIG = "config.json"
-EXPORT_CONFIG = "nlm_jax.json"
-BPE_FILE = checkpoint_lib.BPE_FILE
-PE_LENGTH = 5000  # lncRNA-Py's stored sinusoidal table
+LNCRNAPY_CONFIG = folders.CONFIG_FILE
+REEXPORT = "export the model again with python -m nlm_jax.export"
+REDOWNLOAD = "download the folder again (huggingface-cli download NAME --local-dir DIR)"
 
 
 def _linear_to(k):  # Flax Dense kernel (in, out) -> torch Linear weight (out, in)
@@ -128,44 +129,29 @@ def to_tensors(cfg: Config, params: Any) -> dict[str, np.ndarray]:
   return out
 
 
-def from_tensors(cfg: Config, tensors: dict[str, np.ndarray]) -> dict[str, Any]:
+def from_tensors(cfg: Config, tensors: dict[str, np.ndarray], remedy: str = REEXPORT
+                 ) -> dict[str, Any]:
   """nlm_jax parameters from lncRNA-Py's tensors; every name must be there with the
-  shape the configuration gives."""
+  shape the configuration gives (else a UserError ending in `remedy`)."""
   from nlm_jax import train
 
   abstract = train.abstract_params(cfg)
   params: dict[str, Any] = {}
   for path, name, layout in key_map(cfg):
     if name not in tensors:
-      raise UserError(f"the weights hold no tensor {name!r}: export the model again with "
-                      "python -m nlm_jax.export.")
+      raise UserError(f"the weights hold no tensor {name!r}: {remedy}.")
     x = LAYOUTS[layout][1](np.asarray(tensors[name], np.float32))
     want = abstract
     for p in path:
       want = want[p]
     if x.shape != want.shape:
       raise UserError(f"tensor {name!r} has shape {x.shape}, the configuration needs "
-                      f"{want.shape}: export the model again with python -m nlm_jax.export.")
+                      f"{want.shape}: {remedy}.")
     node = params
     for p in path[:-1]:
       node = node.setdefault(p, {})
     node[path[-1]] = x
   return params
-
-
-def lncrnapy_config(cfg: Config) -> dict[str, Any]:
-  """The constructor arguments lncRNA-Py's from_pretrained reads (original 11.3)."""
-  base = {"N": cfg.N, "d_ff": cfg.ff_dim, "d_model": cfg.d_model, "dropout": 0.1, "h": cfg.n_heads}
-  if cfg.is_token:
-    base.update(type="BERT", vocab_size=cfg.vocab_size)
-    return {"base_arch": None, "base_arch_config": base, "dropout": cfg.dropout,
-            "pred_batch_size": cfg.batch_size}
-  base.update(input_linear=cfg.use_input_linear, input_relu=not cfg.no_input_relu,
-              kernel_size=cfg.kernel_size, n_hidden_kernels=0, n_kernels=cfg.n_kernels,
-              type="CSEBERT")
-  return {"base_arch": None, "base_arch_config": base, "dropout": cfg.dropout,
-          "n_hidden_kernels": 0, "output_linear": not cfg.no_output_linear,
-          "output_relu": cfg.output_relu, "pred_batch_size": cfg.batch_size}
 
 
 def holder_of(path: str) -> str | None:
@@ -264,24 +250,32 @@ def _write(cfg: Config, tensors: dict[str, np.ndarray], model_dir: str, folder: 
     os.chmod(os.path.join(folder, name), 0o666 & ~umask)
 
 
-def read(path: str) -> tuple[Config, dict[str, Any]]:
-  """(config, params) of an export folder."""
+def read(path: str, bpe_file: str = "", context_length: int | None = None
+         ) -> tuple[Config, dict[str, Any]]:
+  """(config, params) of any model folder nlm_jax reads (folders.kind): a pre-training
+  folder's best checkpoint, an export, or lncRNA-Py's MaskedConvModel / MaskedTokenModel.
+  bpe_file and context_length: see folders.read_config."""
+  cfg = folders.read_config(path, bpe_file, context_length)
+  return cfg, read_params(path, cfg)
+
+
+def read_params(path: str, cfg: Config) -> dict[str, Any]:
+  """The parameters in the folder `path`, for the architecture of `cfg`: tensors in
+  lncRNA-Py's layout mapped back through `key_map`, or the best checkpoint."""
   from safetensors import SafetensorError
   from safetensors.numpy import load_file
 
-  try:
-    with open(os.path.join(path, EXPORT_CONFIG)) as f:
-      cfg = Config.from_json(f.read())
-  except (OSError, ValueError, TypeError) as e:
-    raise UserError(f"{os.path.join(path, EXPORT_CONFIG)!r} cannot be read ({e}): export the "
-                    "model again with python -m nlm_jax.export.") from None
+  kind = folders.kind(path)
+  if kind == "checkpoint":
+    return checkpoint_lib.restore(path)[1]
+  remedy = REEXPORT if kind == "export" else REDOWNLOAD
   weights = os.path.join(path, WEIGHTS)
   try:
     tensors = load_file(weights)
   except (OSError, SafetensorError) as e:
-    raise UserError(f"{weights!r} cannot be read ({str(e).splitlines()[0][:120]}): export the "
-                    "model again with python -m nlm_jax.export.") from None
-  return cfg, from_tensors(cfg, tensors)
+    raise UserError(f"{weights!r} cannot be read ({str(e).splitlines()[0][:120]}): "
+                    f"{remedy}.") from None
+  return from_tensors(cfg, tensors, remedy)
 
 
 def main(argv: list[str]) -> None:

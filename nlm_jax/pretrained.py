@@ -2,7 +2,7 @@
 module and parameters for fine-tuning code.
 
   import nlm_jax
-  model = nlm_jax.load("models/DEMO_conv_nm64_...")     # a checkpoint or an export folder
+  model = nlm_jax.load("models/DEMO_conv_nm64_...")     # a checkpoint, export or lncRNA-Py folder
   x = model.embed(["ACGTAGC...", ...], pooling="mean")  # (sequences, d_model) float32
   model.predict_masked("ACG?TTAGC??A")                   # "ACGATTAGCAGA"
 
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
 from typing import Any, Callable, Iterable, Iterator
 
 import jax
@@ -37,7 +36,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from nlm_jax import checkpoint as checkpoint_lib
 from nlm_jax import encodings
 from nlm_jax import export as export_lib
 from nlm_jax import fasta as fasta_lib
@@ -52,23 +50,19 @@ MIN_BUCKET = 16  # positions of the smallest bucket
 
 
 def load(path: str, precision: str = "auto", devices: list[jax.Device] | None = None,
-         batch_size: int = 64) -> "Model":
-  """The model in `path`: a pre-training folder (model_dir/exp_name; its best checkpoint)
-  or a folder written by `python -m nlm_jax.export` (model.safetensors), built from the
-  stored configuration alone.
+         batch_size: int = 64, bpe_file: str = "", context_length: int | None = None) -> "Model":
+  """The model in `path`, built from the folder alone: a pre-training folder
+  (model_dir/exp_name; its best checkpoint), a folder written by `python -m nlm_jax.export`,
+  or one written by lncRNA-Py's save_pretrained (MaskedConvModel, MaskedTokenModel, e.g. its
+  published lncRNA-BERT models).
 
   precision: "auto" (bf16 on GPU/TPU, fp32 on CPU), "fp32" or "bf16".
   batch_size: rows per device step (rounded up to a multiple of the device count).
+  context_length: positions of a window, CLS included (default: the folder's; 768 for
+    lncRNA-Py's, which do not store it, at most its positional table's 5000).
+  bpe_file: the .bpe file of a lncRNA-Py BPE model (nlm_jax's folders hold their own).
   """
-  if not os.path.isdir(path):
-    raise UserError(f"model folder {path!r} does not exist: pass a folder written by "
-                    "nlm_jax.pretrain (model_dir/exp_name) or nlm_jax.export.")
-  if os.path.isfile(os.path.join(path, export_lib.EXPORT_CONFIG)):
-    cfg, params = export_lib.read(path)
-  else:
-    cfg, params = checkpoint_lib.restore(path)
-  if cfg.encoding_method == "bpe" and os.path.isfile(os.path.join(path, checkpoint_lib.BPE_FILE)):
-    cfg = dataclasses.replace(cfg, data_dir=os.path.abspath(path), bpe_file=checkpoint_lib.BPE_FILE)
+  cfg, params = export_lib.read(path, bpe_file, context_length)
   return Model(cfg, params, precision, devices, batch_size)
 
 

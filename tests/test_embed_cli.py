@@ -2,6 +2,7 @@
 Python API's, and bad input is one line on stderr with nothing on disk changed."""
 
 import gzip
+import json
 import os
 import shutil
 
@@ -99,6 +100,21 @@ def test_embed_reads_fuzzed_files_as_the_reader_does(model_dir, tmp_path):
     np.testing.assert_allclose(z["embeddings"], api, atol=1e-5)
 
 
+def test_embed_reads_a_lncrnapy_folder(model_dir, tmp_path):
+  """The export renamed to what lncRNA-Py's save_pretrained writes; --context_length
+  gives the windows of the model it came from (lncRNA-Py's folders do not store it)."""
+  write_fasta(tmp_path / "in.fa", random_seqs(5, 10, 100, seed=6))
+  proc = run_module("nlm_jax.export", tmp_path, model_dir, "lncRNA-BERT")
+  assert proc.returncode == 0, proc.stderr
+  os.remove(tmp_path / "lncRNA-BERT" / "nlm_jax.json")
+  proc = run_module("nlm_jax.embed", tmp_path, "lncRNA-BERT", "in.fa", "out.npz",
+                    "--context_length=16")
+  assert proc.returncode == 0, proc.stderr
+  assert "context 16" in proc.stdout
+  api = nlm_jax.load(model_dir, devices=jax.devices()[:1]).embed(random_seqs(5, 10, 100, seed=6))
+  np.testing.assert_allclose(np.load(tmp_path / "out.npz")["embeddings"], api, atol=1e-5)
+
+
 # ---------------------------------------------------------------------- bad input
 
 
@@ -137,6 +153,36 @@ def _export_weights_damaged(tmp, model):
   return ["E", "in.fa", "out.npz"], ["model.safetensors", "cannot be read", "export"]
 
 
+def _neither(tmp, model):
+  (tmp / "hub").mkdir()
+  (tmp / "hub" / "config.json").write_text('{"architectures": ["BertForMaskedLM"]}')
+  return ["hub", "in.fa", "out.npz"], ["'hub/config.json'", "neither", "expected a folder of",
+                                       "lncRNA-Py's save_pretrained"]
+
+
+def _lncrnapy_stub(tmp, vocab_size, pe_rows):
+  """A lncRNA-Py token-model folder down to what is read before the tensors."""
+  from safetensors.numpy import save_file
+
+  (tmp / "L").mkdir()
+  (tmp / "L" / "config.json").write_text(json.dumps({
+      "base_arch": None, "base_arch_config": {"N": 1, "d_ff": 32, "d_model": 8, "dropout": 0.1,
+                                              "h": 1, "type": "BERT", "vocab_size": vocab_size},
+      "dropout": 0.0, "pred_batch_size": 8}))
+  save_file({"base_arch.pos_encoder.pe": np.zeros((1, pe_rows, 8), np.float32)},
+            str(tmp / "L" / "model.safetensors"))
+  return "L"
+
+
+def _lncrnapy_bpe_without_bpe_file(tmp, model):
+  return [_lncrnapy_stub(tmp, 40, 100), "in.fa", "out.npz"], ["40 tokens", "--bpe_file"]
+
+
+def _lncrnapy_context_beyond_table(tmp, model):
+  return ([_lncrnapy_stub(tmp, 69, 100), "in.fa", "out.npz", "--context_length=101"],
+          ["context length 101", "100 positions", "at most 100"])
+
+
 def _out_parent_is_file(tmp, model):
   (tmp / "blocker").write_text("a regular file\n")
   return ["MODEL", "in.fa", "blocker/out.npz"], ["blocker", "is a file", "OUT"]
@@ -158,6 +204,9 @@ EMBED_CASES = {
     "model_dir_without_checkpoint": _no_checkpoint,
     "model_dir_config_not_json": _config_not_json,
     "export_weights_damaged": _export_weights_damaged,
+    "model_dir_of_no_known_kind": _neither,
+    "lncrnapy_bpe_without_bpe_file": _lncrnapy_bpe_without_bpe_file,
+    "lncrnapy_context_beyond_table": _lncrnapy_context_beyond_table,
     "unknown_pooling": _args("MODEL", "in.fa", "out.npz", "--pooling=median",
                              fragments=["pooling", "median"]),
     "two_arguments": _args("MODEL", "in.fa", fragments=["expected MODEL_DIR, FASTA and OUT"]),
