@@ -155,17 +155,28 @@ def from_tensors(cfg: Config, tensors: dict[str, np.ndarray], remedy: str = REEX
 
 
 def holder_of(path: str) -> str | None:
-  """The nearest folder at or above `path` that holds a pre-training run (config.json)
-  or an export (nlm_jax.json), or None: outputs written in there could be mistaken for
-  part of it, or destroy it."""
+  """The nearest folder at or above `path` that holds a model (an nlm_jax run or export, or
+  lncRNA-Py's model folder), or None: outputs written in there could be mistaken for part
+  of it, or destroy it."""
   folder = os.path.abspath(path)
   while True:
-    if any(os.path.isfile(os.path.join(folder, f)) for f in (checkpoint_lib.CONFIG_FILE, EXPORT_CONFIG)):
+    if _holds_model(folder):
       return folder
     parent = os.path.dirname(folder)
     if parent == folder:
       return None
     folder = parent
+
+
+def _holds_model(folder: str) -> bool:
+  if os.path.isfile(os.path.join(folder, EXPORT_CONFIG)):
+    return True
+  try:  # any project may hold a config.json: only a model's counts
+    with open(os.path.join(folder, checkpoint_lib.CONFIG_FILE), "rb") as f:
+      head = f.read(1 << 16)
+  except OSError:
+    return False
+  return b'"encoding_method"' in head or b'"base_arch_config"' in head
 
 
 def _is_export(path: str) -> bool:

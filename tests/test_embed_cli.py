@@ -220,7 +220,7 @@ def _not_an_export(tmp, model):
 
 def _inside_other_run(tmp, model):
   (tmp / "run").mkdir()
-  (tmp / "run" / "config.json").write_text("{}")
+  (tmp / "run" / "config.json").write_text('{"encoding_method": "conv"}')  # a run's
   return ["MODEL", "run/exp", "--overwrite"], ["'run/exp'", "lies inside", "run"]
 
 
