@@ -22,6 +22,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import socket
 import time
 from typing import Any
@@ -262,16 +263,22 @@ class Checkpointer:
 
   @contextlib.contextmanager
   def _reporting_failures(self):
-    """A failed save (full disk, lost permission) becomes one line; orbax writes into a
-    temporary folder and renames it only when complete, so earlier checkpoints remain."""
+    """A failed save (full disk, lost permission) becomes one line, and its temporary
+    folder is removed; orbax renames a step's folder only when complete, so earlier
+    checkpoints remain."""
     try:
       yield
     except UserError:
       raise
     except Exception as e:
+      if self.is_writer:
+        for name in os.listdir(self.path):
+          if ".orbax-checkpoint-tmp" in name:
+            shutil.rmtree(os.path.join(self.path, name), ignore_errors=True)
+      then = ("run the same command to resume from the last checkpoint, which is intact"
+              if _steps(self.path) else "run the same command again")
       raise UserError(f"saving a checkpoint in {self.path!r} failed ({str(e).splitlines()[0][:200]}): "
-                      "free disk space or fix the folder's permissions, then run the same command "
-                      "to resume from the last checkpoint, which is intact.") from None
+                      f"free disk space or fix the folder's permissions, then {then}.") from None
 
   def restore_latest(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
     """(state, meta) of the newest checkpoint that reads back whole, or None if there is

@@ -3,9 +3,11 @@ exit status 2, never a traceback."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from typing import Callable
+import threading
+from typing import Callable, Iterator
 
 from absl import app
 from absl import flags
@@ -38,20 +40,78 @@ def is_ours(record: logging.LogRecord) -> bool:
   return record.name == "nlm_jax" or record.name.startswith("nlm_jax.")
 
 
+# How a full disk (or quota) reads in errno texts, tensorstore's and orbax's messages.
+_DISK_FULL = ("No space left on device", "[Errno 28]", "os_error_code='28'",
+              "Disk quota exceeded", "[Errno 122]")
+
+
+def is_disk_full(text: str) -> bool:
+  return any(s in text for s in _DISK_FULL)
+
+
+def _says_disk_full(record: logging.LogRecord) -> bool:
+  text = record.getMessage()
+  if record.exc_info and record.exc_info[1] is not None:
+    e: BaseException | None = record.exc_info[1]
+    for _ in range(20):  # the chain: tensorstore's cause lies deep
+      if e is None or is_disk_full(text):
+        break
+      text += f" {e}"
+      e = e.__cause__ or e.__context__
+  return is_disk_full(text)
+
+
 def quiet_libraries(level: int = logging.WARNING) -> None:
-  """Log lines from nlm_jax; from the libraries (orbax is chatty) only from `level` up."""
-  absl_logging.get_absl_handler().addFilter(lambda r: r.levelno >= level or is_ours(r))
+  """Log lines from nlm_jax; from the libraries (orbax is chatty) only from `level` up, and
+  none about a full disk: nlm_jax reports that in one line (orbax logged ~900 lines of
+  asyncio tracebacks for one failed save)."""
+  absl_logging.get_absl_handler().addFilter(
+      lambda r: is_ours(r) or (r.levelno >= level and not _says_disk_full(r)))
+
+
+def _quiet_threads() -> None:
+  """Library threads that die of a full disk print no traceback (the main thread reports)."""
+  default = threading.excepthook
+
+  def hook(args):
+    if not is_disk_full(f"{args.exc_type.__name__}: {args.exc_value}"):
+      default(args)
+
+  threading.excepthook = hook
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+  text = f"{type(e).__name__}: {e}"
+  return isinstance(e, MemoryError) or ("RESOURCE_EXHAUSTED" in text and "emory" in text)
+
+
+@contextlib.contextmanager
+def one_line_errors(prog: str, memory_flags: str = "--batch_size") -> Iterator[None]:
+  """UserError as one line and exit status 2; running out of memory (host or device) or of
+  disk space too: the first names `memory_flags`, the flags that lower what a step needs."""
+  _quiet_threads()
+  try:
+    yield
+  except UserError as e:
+    fail(prog, str(e))
+  except Exception as e:  # errors from below with a known cure; anything else is a bug
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    if is_out_of_memory(e):
+      fail(prog, f"out of memory ({first}): lower {memory_flags}.")
+    if is_disk_full(str(e)):
+      fail(prog, f"no space left on the disk ({first}): free disk space, then run the same "
+                 "command again.")
+    raise
 
 
 def run(main: Callable[[list[str]], None], prog: str,
-        parser: Callable[[list[str]], list[str]] | None = None) -> None:
-  """app.run(main) with UserError as one line and exit status 2, library logs at ERROR."""
+        parser: Callable[[list[str]], list[str]] | None = None,
+        memory_flags: str = "--batch_size") -> None:
+  """app.run(main) with one_line_errors, library logs at ERROR."""
 
   def guarded(argv: list[str]) -> None:
     quiet_libraries(logging.ERROR)
-    try:
+    with one_line_errors(prog, memory_flags):
       main(argv)
-    except UserError as e:
-      fail(prog, str(e))
 
   app.run(guarded, flags_parser=parser or flags_parser(prog))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+
+from nlm_jax.config import UserError
 
 # NucAccuracy: per-nucleotide accuracy, comparable across encodings (= Accuracy for conv).
 COLUMNS = ("Loss|train", "Accuracy|train", "NucAccuracy|train",
@@ -10,10 +13,17 @@ COLUMNS = ("Loss|train", "Accuracy|train", "NucAccuracy|train",
 
 
 def _replace(path: str, write) -> None:
-  """Writes through a temporary file, so a kill never leaves a half-written file."""
+  """Writes through a temporary file, so a kill never leaves a half-written file; a failed
+  write (full disk) removes it and is one line."""
   tmp = f"{path}.tmp"
-  write(tmp)
-  os.replace(tmp, path)
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  except OSError as e:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise UserError(f"writing {path!r} failed ({e.strerror or e}): free disk space or choose "
+                    "a writable --results_dir, then run the same command to resume.") from None
 
 
 def write_csv(path: str, rows: list[dict[str, float]]) -> None:

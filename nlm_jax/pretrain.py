@@ -25,7 +25,7 @@ PROG = "nlm_jax.pretrain"
 
 
 def main(argv: list[str]) -> None:
-  try:
+  with cli.one_line_errors(PROG, "--batch_size (or --context_length)"):
     cfg = config.from_flags(FLAGS, argv[1:])
     from nlm_jax import train  # after validation: importing JAX takes a second or two
 
@@ -40,8 +40,6 @@ def main(argv: list[str]) -> None:
     except train.Stopped as e:
       print(f"nlm_jax.pretrain: {e}", file=sys.stderr)
       sys.exit(3)
-  except config.UserError as e:
-    cli.fail(PROG, str(e))
 
 
 if __name__ == "__main__":

@@ -509,6 +509,31 @@ def test_second_run_into_the_same_model_folder_is_one_line_error(tmp_path):
   assert not lock.exists()
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 600 kB tmpfs (root only): room for the first checkpoint of TINY, not the next."""
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(disk)],
+                    capture_output=True).returncode:
+    pytest.skip("mounting a tmpfs needs root")
+  yield disk
+  subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_full_disk_is_one_line_error_and_leaves_no_temporary_files(tmp_path, small_disk):
+  good_files(tmp_path)
+  proc = run_pretrain(tmp_path, "train.fa", "valid.fa", *TINY, "--epochs=3",
+                      "--model_dir=disk/M", "--results_dir=disk/R")
+  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  errors = [l for l in proc.stderr.splitlines() if not l.startswith("I")]  # progress lines
+  assert len(errors) == 1 and errors[0].startswith(PREFIX), proc.stderr[-3000:]
+  assert "free disk space" in errors[0] and "disk" in errors[0], errors[0]
+  left = [os.path.join(d, n) for d, ds, fs in os.walk(small_disk) for n in ds + fs if "tmp" in n]
+  assert not left, left
+  assert not (small_disk / "M" / f"{EXP}.lock").exists()
+
+
 # --------------------------------------------------------- a finished run's model folder
 
 
