@@ -90,6 +90,12 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       "fresh", False,
       "Start anew although model_dir/exp_name holds a checkpoint: the old folder is kept, "
       "renamed with a .replaced-<time> suffix.", **d)
+  flags.DEFINE_string(
+      "init_from", "",
+      "Start from the parameters of this model folder (of nlm_jax.pretrain or nlm_jax.export, "
+      "or a pre-trained model of lncRNA-Py's save_pretrained), with a fresh optimizer and "
+      "learning-rate schedule. The architecture is the folder's: a flag that sets it otherwise "
+      "is an error. Not under --data_dir.", **d)
   # Runtime flags (not part of the Config): multi-host set-up.
   flags.DEFINE_boolean(
       "distributed", False,
@@ -139,6 +145,7 @@ class Config:
   attention: str = "auto"
   checkpoint_every_steps: int = 500
   fresh: bool = False
+  init_from: str = ""
   # Not flags of the contract: fixed by lncRNA-Py, kept visible here.
   bpe_vocab_size: int | None = None  # read from --bpe_file by from_flags
   encoder_dropout: float = 0.1  # inside the encoder (the original's BERT default)
@@ -332,7 +339,12 @@ def from_flags(fv: flags.FlagValues, positional: list[str]) -> Config:
                     "VALID.fasta [--flagfile=launch/conv.flags]")
   names = [f.name for f in dataclasses.fields(Config)]
   values: dict[str, Any] = {n: fv[n].value for n in names if n in fv}
-  cfg = Config(fasta_train=positional[0], fasta_valid=positional[1], **values).validate()
+  cfg = Config(fasta_train=positional[0], fasta_valid=positional[1], **values)
+  if cfg.init_from:  # the architecture comes from that folder
+    from nlm_jax import folders
+
+    cfg = folders.with_architecture_of(cfg.init_from, cfg, {n for n in names if n in fv and fv[n].present})
+  cfg = cfg.validate()
   if cfg.encoding_method == "bpe":  # the vocabulary size is part of the experiment name
     from nlm_jax import encodings
 

@@ -17,6 +17,7 @@ BPE model needs the `.bpe` file it was trained with.
 from __future__ import annotations
 
 import dataclasses
+import filecmp
 import json
 import math
 import os
@@ -187,3 +188,49 @@ def read_config(path: str, bpe_file: str = "", context_length: int | None = None
   if context_length is not None:
     cfg = dataclasses.replace(cfg, context_length=context_length).validate()
   return cfg
+
+
+ARCHITECTURE = ("encoding_method", "d_model", "N", "d_ff", "h", "n_kernels", "kernel_size", "k",
+                "bpe_file", "input_linear", "no_input_relu", "no_output_linear", "output_relu",
+                "encoder_dropout")
+
+
+def _shapes_it(cfg: Config) -> list[str]:
+  """The flags that shape a model of cfg's encoding."""
+  common = ["encoding_method", "d_model", "N", "d_ff", "h"]
+  if cfg.encoding_method == "conv":
+    return common + ["n_kernels", "kernel_size", "input_linear", "no_input_relu",
+                     "no_output_linear", "output_relu"]
+  return common + {"kmer": ["k"], "bpe": ["bpe_file"]}.get(cfg.encoding_method, [])
+
+
+def _built_with(cfg: Config, name: str) -> Any:
+  """The value the model is built with: defaults resolved (d_ff 4*d_model, ...)."""
+  resolved = {"d_ff": "ff_dim", "h": "n_heads", "input_linear": "use_input_linear"}
+  return getattr(cfg, resolved.get(name, name))
+
+
+def with_architecture_of(path: str, cfg: Config, given: set[str]) -> Config:
+  """`cfg` (from flags; `given`: the flags set on the command line or in a flagfile) with
+  the architecture of the model folder `path`, for --init_from. A given flag that differs
+  from the folder is a UserError; the context length stays cfg's (for lncRNA-Py's folders
+  at most its positional table)."""
+  try:
+    lncrnapy = kind(path) == "lncrnapy"
+    wants_bpe = cfg.bpe_file and ("encoding_method" not in given or cfg.encoding_method == "bpe")
+    src = read_config(path, cfg.bpe_path if lncrnapy and wants_bpe else "",
+                      cfg.context_length if lncrnapy else None)
+  except UserError as e:
+    raise UserError(f"--init_from: {e}") from None
+  for name in _shapes_it(src):
+    if name not in given:
+      continue
+    if name == "bpe_file":
+      same = os.path.isfile(cfg.bpe_path) and filecmp.cmp(cfg.bpe_path, src.bpe_path, shallow=False)
+    else:
+      same = _built_with(cfg, name) == _built_with(src, name)
+    if not same:
+      raise UserError(f"--{name} {getattr(cfg, name)!r} differs from the model in --init_from "
+                      f"{path!r} ({name} {_built_with(src, name)!r}): drop --{name}, the "
+                      "architecture comes from that folder.")
+  return dataclasses.replace(cfg, **{n: getattr(src, n) for n in ARCHITECTURE})

@@ -83,6 +83,19 @@ def init_state(cfg: Config, mesh: Mesh, key: jax.Array) -> TrainState:
   return jax.jit(init, out_shardings=shardings)(key)
 
 
+def with_params_from(state: TrainState, path: str, cfg: Config) -> TrainState:
+  """`state` with the parameters of the model folder `path` (--init_from) in place of its
+  own, placed as they were; the optimizer state and the step count stay fresh."""
+  from nlm_jax import export  # reads every kind of model folder
+
+  loaded = export.read_params(path, cfg)
+  # Every process reads the folder; each places its own shards (multi-host safe).
+  return state.replace(params=jax.tree.map(
+      lambda ref, x: jax.make_array_from_callback(ref.shape, ref.sharding,
+                                                  lambda idx: np.asarray(x)[idx]),
+      state.params, loaded))
+
+
 def make_train_step(cfg: Config, mesh: Mesh, token_nucs: np.ndarray | None = None) -> Callable:
   """(state, batch, key) -> (state, metrics): batch sharded over `data`, state replicated
   and donated, so parameters and optimizer state are updated in place. Token models
@@ -276,6 +289,9 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
       first_epoch, first_step = meta["epoch"], meta["step"]
       log.info("resuming %s from epoch %d, step %d", cfg.checkpoint_path, first_epoch + 1,
                    first_step)
+  if cfg.init_from and not (rows or first_step):  # not resumed: a fresh start
+    state = with_params_from(state, cfg.init_from, cfg)
+    log.info("parameters from %s; optimizer and learning-rate schedule start anew", cfg.init_from)
   if first_epoch >= cfg.epochs:
     log.info("%s already holds all %d epochs: nothing to do (raise --epochs to go on)",
                  cfg.checkpoint_path, cfg.epochs)

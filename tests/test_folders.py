@@ -14,14 +14,16 @@ import os
 import jax
 import numpy as np
 import pytest
+from absl import flags
 from safetensors.numpy import save_file
 
 import nlm_jax
 from conftest import random_seqs, write_fasta
-from nlm_jax import bpe, export, folders, model as model_lib, pretrained, train
+from nlm_jax import bpe, config, export, folders, model as model_lib, pretrained, train
 from nlm_jax.config import Config, UserError
 
 DEV = jax.devices()[:1]
+LAUNCH = os.path.join(os.path.dirname(__file__), "..", "launch")
 SMALL = dict(d_model=32, n_kernels=32, N=2, h=4, kernel_size=3, context_length=16, k=3,
              batch_size=8, encoder_dropout=0.0)
 
@@ -125,3 +127,70 @@ def test_folders_of_no_known_kind_are_one_line_errors(tmp_path):
     message = str(e.value)
     assert "\n" not in message and fragment in message and expected in message, message
     assert "lncRNA-Py's save_pretrained (config.json with base_arch_config" in message
+
+
+# ------------------------------------------------------------------ --init_from
+
+
+def parse(*argv):
+  fv = flags.FlagValues()
+  config.define_flags(fv)
+  return config.from_flags(fv, fv(["pretrain", *argv])[1:])
+
+
+def stub_folder(folder, stored, pe_rows=1000):
+  """A lncRNA-Py folder down to what the configuration is read from."""
+  os.makedirs(folder)
+  with open(os.path.join(folder, "config.json"), "w") as f:
+    json.dump(stored, f)
+  d = stored["base_arch_config"]["d_model"]
+  name = "positional_encoder" if stored["base_arch_config"]["type"] == "CSEBERT" else "pos_encoder"
+  save_file({f"base_arch.{name}.pe": np.zeros((1, pe_rows, d), np.float32)},
+            os.path.join(folder, "model.safetensors"))
+  return str(folder)
+
+
+def test_init_from_takes_the_architecture_and_refuses_other_flags(tmp_path):
+  conv = stub_folder(tmp_path / "cse", LNCRNAPY_CONV)
+  cfg = parse("t.fa", "v.fa", f"--init_from={conv}", "--exp_prefix=GO", "--d_model=64")
+  assert cfg.exp_name == "GO_conv_nm64_sm9_dm64_N2_bs8_ws8_cl768_d0"
+  assert (cfg.ff_dim, cfg.n_heads, cfg.encoder_dropout, cfg.init_from) == (256, 1, 0.1, conv)
+  kmer = stub_folder(tmp_path / "k3", LNCRNAPY_TOKEN)
+  cfg = parse("t.fa", "v.fa", f"--init_from={kmer}", "--context_length=512", "--batch_size=16")
+  assert (cfg.encoding_method, cfg.k, cfg.context_length, cfg.batch_size) == ("kmer", 3, 512, 16)
+  # The published CSE model with the published settings: the flags agree with the folder.
+  base = dict(LNCRNAPY_CONV["base_arch_config"], d_model=768, n_kernels=768, N=12, d_ff=3072, h=12)
+  published = stub_folder(tmp_path / "published", dict(LNCRNAPY_CONV, base_arch_config=base))
+  cfg = parse("t.fa", "v.fa", f"--flagfile={os.path.join(LAUNCH, 'conv.flags')}",
+              f"--init_from={published}", "--exp_prefix=MLM_MORE")
+  assert cfg.exp_name == "MLM_MORE_conv_nm768_sm9_dm768_N12_bs8_ws32000_cl768_d0"
+  for argv, fragments in (
+      ([f"--init_from={conv}", "--d_model=768"], ["--d_model 768 differs", "(d_model 64)"]),
+      ([f"--init_from={conv}", "--kernel_size=10"], ["--kernel_size 10", "drop --kernel_size"]),
+      ([f"--init_from={conv}", "--h=4"], ["--h 4", "(h 1)"]),
+      ([f"--init_from={kmer}", "--k=6"], ["--k 6", "(k 3)"]),
+      ([f"--init_from={kmer}", "--encoding_method=conv"], ["--encoding_method 'conv'"]),
+      ([f"--init_from={kmer}", "--context_length=1001"], ["--init_from: context length 1001",
+                                                          "at most 1000"]),
+      ([f"--init_from={tmp_path}"], ["--init_from:", "holds no config.json", "expected"])):
+    with pytest.raises(UserError) as e:
+      parse("t.fa", "v.fa", *argv)
+    assert "\n" not in str(e.value) and all(f in str(e.value) for f in fragments), str(e.value)
+
+
+def test_init_from_starts_from_the_folders_parameters(tmp_path):
+  """With a warm-up of 10^9 steps the learning rate is ~1e-14: the run's best checkpoint
+  holds the folder's parameters, which a fresh start (seed 0) would not."""
+  cfg = Config("t.fa", "v.fa", encoding_method="conv", **SMALL)
+  params = model_lib.build(cfg).init(jax.random.key(7), train.dummy_inputs(cfg))["params"]
+  folder = lncrnapy_folder(tmp_path / "lncRNA-BERT", cfg, params)
+  t = write_fasta(tmp_path / "t.fa", random_seqs(16, 20, 80, seed=1))
+  v = write_fasta(tmp_path / "v.fa", random_seqs(8, 20, 80, seed=2))
+  run_cfg = parse(t, v, f"--init_from={folder}", "--context_length=16", "--epochs=1",
+                  "--n_samples_per_epoch=16", "--warmup_steps=1000000000", "--precision=fp32",
+                  f"--model_dir={tmp_path / 'M'}", f"--results_dir={tmp_path / 'R'}")
+  train.run(run_cfg, DEV)
+  best = nlm_jax.load(run_cfg.checkpoint_path, devices=DEV).params
+  close = jax.tree.map(lambda a, b: np.allclose(a, b, atol=1e-6), jax.device_get(best),
+                       jax.device_get(params))
+  assert jax.tree.all(close)
