@@ -9,13 +9,14 @@ without CLS, D d_model, K n_kernels, H heads, E head width, F d_ff.
 from __future__ import annotations
 
 import math
+import os
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nlm_jax.config import Config
+from nlm_jax.config import Config, UserError
 
 # One-hot rows of the nucleotide codes of fasta.py: A C G T, N (also a masked
 # nucleotide) = 1/4 each, PAD = 0.
@@ -248,3 +249,29 @@ def mlm_loss(logits_BxNxV: jax.Array, targets_BxN: jax.Array, label_smoothing: f
     sums["nuc_correct"] = jnp.sum((token_nucs_VxM[pred_BxN] == true_BxNxM) * real_BxNxM)
     sums["nuc_count"] = jnp.sum(real_BxNxM)
   return sums
+
+
+def activation_bytes(cfg: Config, rows: int, train: bool) -> int:
+  """A lower bound of the memory one step's activations take on a device that holds `rows`
+  rows: the widest of one layer's tensors (model width, feed-forward, attention scores),
+  in float32, once per layer when training keeps them for the backward pass. Sizes above
+  a device's memory are refused before XLA tries them (on a CPU it aborted the process)."""
+  width = max(cfg.d_model, cfg.ff_dim, cfg.n_heads * cfg.context_length)
+  return 4 * rows * cfg.context_length * width * (cfg.N if train else 1)
+
+
+def device_memory(device: jax.Device) -> int:
+  """Bytes a device may hold: its allocator's limit, or the host's memory for a CPU."""
+  stats = device.memory_stats() or {}
+  if "bytes_limit" in stats:
+    return int(stats["bytes_limit"])
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits(cfg: Config, rows: int, device: jax.Device, train: bool, flags: str) -> None:
+  """Raises UserError when one step cannot fit in `device`'s memory, naming `flags`."""
+  need, have = activation_bytes(cfg, rows, train), device_memory(device)
+  if need > have:
+    raise UserError(f"{rows:,} rows of {cfg.context_length} positions per device need at least "
+                    f"{need / 2**30:,.1f} GiB for one step, more than the {have / 2**30:,.1f} GiB "
+                    f"of {device.platform} memory: lower {flags}.")

@@ -86,6 +86,7 @@ class Model:
     self.mesh = train.make_mesh(devices)
     n = self.mesh.devices.size
     self.batch_size = n * -(-batch_size // n)
+    model_lib.check_fits(self.cfg, self.batch_size // n, devices[0], False, "--batch_size")
     self.params = jax.device_put(params, NamedSharding(self.mesh, P()))
     self.tokenizer = encodings.tokenizer(self.cfg) if self.cfg.is_token else None
     self._fns: dict[str, Callable] = {}

@@ -238,6 +238,9 @@ EMBED_CASES.update({
     "overwrite_of_a_file_embed_did_not_write": _embedding_overwrites_other_file,
     "out_inside_the_model_folder": _args("MODEL", "in.fa", "MODEL/e.npz", "--overwrite",
                                          fragments=["lies inside", "model or an export"]),
+    # One step could never fit: refused before XLA tries (it aborted the process).
+    "batch_size_far_too_large": _args("MODEL", "in.fa", "out.npz", "--batch_size=100000000",
+                                      fragments=["100,000,000 rows", "GiB", "lower --batch_size"]),
     "out_folder_cannot_exist": _args("MODEL", "in.fa", "/proc/nope/e.npz",
                                      fragments=["/proc/nope", "OUT"]),
 })
