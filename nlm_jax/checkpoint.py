@@ -17,6 +17,7 @@ renames it when complete: a killed save leaves no half checkpoint behind.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import json
@@ -180,6 +181,7 @@ class RunLock:
       raise UserError(f"cannot create the model folder {path!r} ({e.strerror or e}): choose "
                       "a writable --model_dir.") from None
     self.fd: int | None = fd
+    atexit.register(self.release)  # whatever ends the run, short of a kill
 
   def release(self) -> None:
     if self.fd is not None:

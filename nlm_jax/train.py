@@ -237,6 +237,23 @@ def prefetch(batches: Iterator[sampler_lib.Batch], depth: int = 4) -> Iterator[s
     stop.set()
 
 
+def _check_targets(data: sampler_lib.Batch, what: str, path: str) -> None:
+  """No silent nonsense: an evaluation set without a single target reports Loss 0 and
+  Accuracy 0 every epoch, and its training set would teach nothing."""
+  if not (data["targets"] != sampler_lib.IGNORE).any():
+    raise UserError(f"the {what} set of {path!r} gives no position to predict (its sequences "
+                    "hold too few A, C, G, T, or are too short for the masking): pass longer "
+                    "nucleotide sequences.")
+
+
+def _make_results_folder(cfg: Config) -> None:
+  try:
+    os.makedirs(cfg.results_path, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"cannot create the results folder {cfg.results_path!r} ({e.strerror or e}): "
+                    "choose a writable --results_dir.") from None
+
+
 def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, float]]:
   """Pre-trains as `cfg` says, resuming from model_dir/exp_name when it holds a checkpoint
   of the same configuration; returns the history (one row per epoch)."""
@@ -248,24 +265,14 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
   if cfg.batch_size % n_devices:
     raise UserError(f"--batch_size {cfg.batch_size} is not divisible by the {n_devices} devices: "
                     f"use a multiple of {n_devices}.")
+  model_lib.check_fits(cfg, cfg.batch_size // n_devices, mesh.devices.flat[0], True,
+                       "--batch_size (or --context_length)")
   train_fa = fasta_lib.Fasta(cfg.train_path, "training", targets=True)
   valid_fa = fasta_lib.Fasta(cfg.valid_path, "validation", targets=True)
   writer = jax.process_index() == 0
   if writer:
     check_writable(cfg.model_root, "model", "--model_dir")
     check_writable(cfg.results_path, "results", "--results_dir")
-  checkpointer = checkpoint_lib.Checkpointer(
-      cfg.checkpoint_path, cfg, {"training": train_fa.identity, "validation": valid_fa.identity})
-  if writer:
-    os.makedirs(cfg.results_path, exist_ok=True)
-    if cfg.encoding_method == "bpe":  # the model folder is complete without --data_dir
-      shutil.copyfile(cfg.bpe_path, os.path.join(cfg.checkpoint_path, checkpoint_lib.BPE_FILE))
-
-  log.info("process %d of %d, %d devices (%s), %s, %s; experiment %s", jax.process_index(),
-           jax.process_count(), n_devices, platform, cfg.precision, allocator.describe(),
-           cfg.exp_name)
-  log.info("training on %d sequences of %s, validating on %d of %s", len(train_fa),
-               cfg.train_path, min(cfg.n_eval, len(valid_fa)), cfg.valid_path)
 
   # Evaluation subsets with windows and masks drawn once: fixed inputs and targets.
   encoding = sampler_lib.encoding_for(cfg)
@@ -275,7 +282,23 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
   train_set = sampler_lib.eval_set(
       train_fa, sampler_lib.eval_indices(len(train_fa), cfg.n_eval, cfg.seed), encoding,
       seed=cfg.seed + 2)
+  _check_targets(valid_set, "validation", cfg.valid_path)
+  _check_targets(train_set, "training", cfg.train_path)
   eval_rows = cfg.batch_size * -(-EVAL_ROWS // cfg.batch_size)
+
+  if writer:
+    _make_results_folder(cfg)
+  checkpointer = checkpoint_lib.Checkpointer(
+      cfg.checkpoint_path, cfg, {"training": train_fa.identity, "validation": valid_fa.identity})
+  if writer:
+    if cfg.encoding_method == "bpe":  # the model folder is complete without --data_dir
+      shutil.copyfile(cfg.bpe_path, os.path.join(cfg.checkpoint_path, checkpoint_lib.BPE_FILE))
+
+  log.info("process %d of %d, %d devices (%s), %s, %s; experiment %s", jax.process_index(),
+           jax.process_count(), n_devices, platform, cfg.precision, allocator.describe(),
+           cfg.exp_name)
+  log.info("training on %d sequences of %s, validating on %d of %s", len(train_fa),
+               cfg.train_path, min(cfg.n_eval, len(valid_fa)), cfg.valid_path)
 
   init_key, dropout_key = jax.random.split(jax.random.key(cfg.seed))
   state = init_state(cfg, mesh, init_key)

@@ -231,6 +231,12 @@ def _nothing_to_predict(which, seq):
   return case
 
 
+def _targets_beyond_window(tmp):
+  # Evaluation windows are the 5' start (21 nt for TINY): only N there, an A after it.
+  (tmp / "late.fa").write_text("".join(f">r{i}\n{'N' * 30}A\n" for i in range(12)))
+  return ["train.fa", "late.fa"], ["validation set", "'late.fa'", "no position to predict"]
+
+
 def _nul_byte(tmp):
   data = (tmp / "train.fa").read_bytes()
   (tmp / "nul.fa").write_bytes(data[:200] + b"\0" + data[200:])
@@ -353,6 +359,7 @@ ERROR_CASES = {
     # Nothing to predict: a run would report Loss 0.0000, Accuracy 0.0000.
     "train_only_n": _nothing_to_predict("train", b"NNNNNNNNNNNNNNNNNNNNNNNN"),
     "valid_only_gaps": _nothing_to_predict("valid", b"------....------"),
+    "valid_targets_beyond_the_window": _targets_beyond_window,
     "fasta_nul_byte": _nul_byte,
     "fasta_cr_only_line_ends": _cr_only,
     "data_dir_without_files": _data_dir_without_files,
@@ -409,6 +416,19 @@ ERROR_CASES = {
     # Output folders that cannot be created (works as root too: a file is no folder).
     "results_parent_is_file": _results_parent_is_file,
     "model_parent_is_file": _model_parent_is_file,
+    # Output folders under a path that cannot exist (/proc refuses new folders, even to root).
+    "results_and_model_under_proc": _args("train.fa", "valid.fa", "--results_dir=/proc/nope",
+                                          "--model_dir=/proc/nope",
+                                          fragments=["results folder", "/proc/nope",
+                                                     "--results_dir"]),
+    "results_under_proc": _args("train.fa", "valid.fa", "--results_dir=/proc/nope",
+                                fragments=["results folder", "/proc/nope", "--results_dir"]),
+    "model_under_proc": _args("train.fa", "valid.fa", "--model_dir=/proc/nope",
+                              fragments=["model folder", "/proc/nope", "--model_dir"]),
+    # A batch that could never fit: refused before XLA tries.
+    "batch_size_far_too_large": _args("train.fa", "valid.fa", "--batch_size=100000000",
+                                      fragments=["100,000,000 rows", "GiB",
+                                                 "lower --batch_size (or --context_length)"]),
 }
 
 
@@ -573,6 +593,32 @@ def test_identical_rerun_of_finished_run_does_nothing(tmp_path, finished_run):
   assert "nothing to do" in proc.stderr, proc.stderr
   # config.json is rewritten (a resume may raise --epochs), with the same bytes.
   assert_same_contents(before, snapshot(tmp_path))
+
+
+@pytest.mark.parametrize("which", ["train", "valid"])
+def test_resume_with_another_fasta_under_the_same_name_is_one_line_error(tmp_path, finished_run,
+                                                                         which):
+  copy_run(finished_run, tmp_path)
+  write_fasta(tmp_path / f"{which}.fa", random_seqs(24, 20, 80, seed=99), which)
+  before = snapshot(tmp_path)
+  proc = run_pretrain(tmp_path, "train.fa", "valid.fa", *TINY, "--epochs=2")
+  what = {"train": "training", "valid": "validation"}[which]
+  assert_one_line_error(proc, [f"the {what} FASTA", os.path.join("M", EXP), "--fresh"])
+  assert_unchanged(before, snapshot(tmp_path))
+
+
+def test_failed_first_start_does_not_block_the_next_command(tmp_path, finished_run):
+  """A start that died before its first checkpoint (here: other settings, config.json and
+  data.json only) leaves nothing to resume: the corrected command runs."""
+  good_files(tmp_path)
+  folder = tmp_path / "M" / EXP
+  folder.mkdir(parents=True)
+  config = (finished_run / "M" / EXP / "config.json").read_text()
+  assert '"p_mlm": 0.15' in config
+  (folder / "config.json").write_text(config.replace('"p_mlm": 0.15', '"p_mlm": 0.2'))
+  (folder / "data.json").write_text('{"training": "1:00000000"}')
+  assert_trains(run_pretrain(tmp_path, "train.fa", "valid.fa", *TINY), tmp_path)
+  assert '"p_mlm": 0.15' in (folder / "config.json").read_text()
 
 
 # ------------------------------------------------------------------------- nlm_jax.bpe
