@@ -24,7 +24,7 @@ from nlm_jax.config import Config, UserError
 
 DEV = jax.devices()[:1]
 LAUNCH = os.path.join(os.path.dirname(__file__), "..", "launch")
-SMALL = dict(d_model=32, n_kernels=32, N=2, h=4, kernel_size=3, context_length=16, k=3,
+SMALL = dict(d_model=32, n_kernels=32, N=1, h=4, kernel_size=3, context_length=16, k=3,
              batch_size=8, encoder_dropout=0.0)
 
 # The config.json files lncRNA-Py's save_pretrained writes, as quoted in issue 15.
