@@ -9,6 +9,10 @@ model_dir/exp_name/
   <batch>/          orbax steps, numbered by completed batches: params, opt_state,
                     meta (epoch, step in epoch, best, history) and metrics
 
+Checkpoints written before the encoder's blocks were scanned hold them one by one
+(params/encoder/block_i); they are read into the stacked layout (encoder/blocks) as they
+load, for resuming as well as for use.
+
 Every checkpoint holds the full training state, so the best one can be resumed from as
 well as the latest. Saves inside an epoch carry the metric -1, so only epoch-end
 checkpoints compete for "best". Orbax writes each step to a temporary folder and
@@ -33,6 +37,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
+from nlm_jax import model as model_lib
 from nlm_jax.config import Config, UserError
 
 log = logging.getLogger(__name__)  # cli.quiet_libraries keeps nlm_jax's loggers
@@ -109,6 +114,25 @@ def _set_aside_damaged(path: str) -> None:
         os.rename(os.path.join(path, str(step)), aside)
       log.warning("checkpoint %s/%d cannot be read (%s); set aside as %s, trying the one "
                       "before it", path, step, damage, aside)
+
+
+def _per_layer(step_dir: str) -> bool:
+  """Whether the step folder holds the encoder's blocks one by one (encoder/block_i: the
+  layout before scanned layers) rather than stacked (encoder/blocks)."""
+  try:
+    with open(os.path.join(step_dir, "params", "_METADATA")) as f:
+      tree = json.load(f)["tree_metadata"]
+  except (OSError, ValueError, KeyError):
+    return False  # orbax reports what is wrong when it reads the folder
+  return any(len(p := [k["key"] for k in v["key_metadata"]]) > 1 and p[0] == "encoder"
+             and p[1].startswith("block_") for v in tree.values())
+
+
+def _restore_target(tree: Any, per_layer: bool) -> Any:
+  """Restore target for `tree` (arrays or ShapeDtypeStructs): in the per-layer layout of
+  old checkpoints when `per_layer`."""
+  tree = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+  return model_lib.unstack_blocks(tree) if per_layer else tree
 
 
 def load_config(path: str) -> Config:
@@ -286,17 +310,23 @@ class Checkpointer:
     """(state, meta) of the newest checkpoint that reads back whole, or None if there is
     none; a damaged newest checkpoint is reported and the one before it is used."""
     for batch in reversed(self._manager.all_steps()):
+      per_layer = _per_layer(os.path.join(self.path, str(batch)))
       try:
         restored = self._manager.restore(batch, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(abstract_state.params),
-            opt_state=ocp.args.StandardRestore(abstract_state.opt_state),
+            params=ocp.args.StandardRestore(_restore_target(abstract_state.params, per_layer)),
+            opt_state=ocp.args.StandardRestore(
+                _restore_target(abstract_state.opt_state, per_layer)),
             step=ocp.args.StandardRestore({"step": abstract_state.step}),
             meta=ocp.args.JsonRestore()))
       except Exception as e:  # orbax/tensorstore raise many types for damaged files
         log.warning("checkpoint %s/%d cannot be read (%s); trying the one before it",
                         self.path, batch, str(e).splitlines()[0][:200])
         continue
-      state = abstract_state.replace(params=restored["params"], opt_state=restored["opt_state"],
+      if per_layer:
+        logging.info("checkpoint %s/%d holds the blocks one by one: stacked as it loads",
+                     self.path, batch)
+      state = abstract_state.replace(params=model_lib.stack_blocks(restored["params"]),
+                                     opt_state=model_lib.stack_blocks(restored["opt_state"]),
                                      step=restored["step"]["step"])
       return state, restored["meta"]
     if self._manager.all_steps():
@@ -326,7 +356,8 @@ def restore(path: str) -> tuple[Config, Any]:
   step = manager.best_step()
   if step is None:
     raise UserError(f"{path!r} holds no checkpoint: pass a folder written by nlm_jax.pretrain.")
+  per_layer = _per_layer(os.path.join(path, str(step)))
   restored = manager.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(train.abstract_params(cfg))))
+      params=ocp.args.StandardRestore(_restore_target(train.abstract_params(cfg), per_layer))))
   manager.close()
-  return cfg, restored["params"]
+  return cfg, model_lib.stack_blocks(restored["params"])

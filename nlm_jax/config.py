@@ -17,8 +17,10 @@ ENCODINGS = ("conv", "bpe", "kmer", "nuc")
 TOKEN_ENCODINGS = ("bpe", "kmer", "nuc")
 PRECISIONS = ("auto", "fp32", "bf16")
 ATTENTIONS = ("auto", "xla", "cudnn", "reference")
-# Fields a resumed run may change (more epochs, other save cadence) without starting anew.
-RESUMABLE = ("epochs", "checkpoint_every_steps", "fresh")
+REMATS = ("none", "block", "dots")
+# Fields a resumed run may change (more epochs, other save cadence, what the backward pass
+# recomputes) without starting anew.
+RESUMABLE = ("epochs", "checkpoint_every_steps", "fresh", "remat")
 MAX_TOKEN_PARAMS = 1_000_000_000  # embedding + output layer: beyond this --k is refused
 
 
@@ -76,8 +78,16 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer("seed", 0, "Seed of every random draw (data order, windows, masks, initialisation, dropout).", **d)
   flags.DEFINE_enum(
       "attention", "auto", ATTENTIONS,
-      "Attention implementation: auto (cuDNN's fused kernel on GPUs that have it, XLA "
-      "elsewhere), xla, cudnn, or reference (the plain formula, for checking).", **d)
+      "Attention implementation: auto (cuDNN's fused kernel on GPUs, where it applies: "
+      "bf16, head width a multiple of 8; XLA elsewhere), xla (materialises the "
+      "batch x heads x context^2 logits), cudnn (as auto, and says why when it falls back "
+      "to XLA), or reference (the plain formula, for checking).", **d)
+  flags.DEFINE_enum(
+      "remat", "none", REMATS,
+      "Rematerialisation (trading compute for memory): none keeps every activation for the "
+      "backward pass; block keeps only each encoder block's input and recomputes the rest "
+      "(least memory, about a third more compute); dots also keeps the outputs of the dense "
+      "layers and recomputes attention and the elementwise work.", **d)
   flags.DEFINE_enum(
       "precision", "auto", PRECISIONS,
       "Compute dtype: bf16 (parameters, optimizer state, softmax and loss stay float32) or "
@@ -143,6 +153,7 @@ class Config:
   seed: int = 0
   precision: str = "auto"
   attention: str = "auto"
+  remat: str = "none"
   checkpoint_every_steps: int = 500
   fresh: bool = False
   init_from: str = ""
@@ -293,6 +304,8 @@ class Config:
     elif self.encoding_method == "bpe" and not self.bpe_file:
       raise UserError("--encoding_method bpe needs --bpe_file: pass a sentencepiece model, e.g. one "
                       "fitted with python -m nlm_jax.bpe FASTA VOCAB_SIZE.")
+    if self.remat not in REMATS:
+      raise UserError(f"--remat must be one of {', '.join(REMATS)}, got {self.remat!r}.")
     if self.precision not in PRECISIONS:
       raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
     if not self.exp_prefix or os.sep in self.exp_prefix:

@@ -71,7 +71,8 @@ LAYOUTS = {"same": (_same, _same), "linear": (_linear_to, _linear_to),
 
 
 def key_map(cfg: Config) -> list[tuple[tuple[str, ...], str, str]]:
-  """(Flax parameter path, lncRNA-Py tensor name, layout) of every parameter."""
+  """(Flax parameter path, lncRNA-Py tensor name, layout) of every parameter, with the
+  encoder's blocks one by one (model.unstack_blocks's layout)."""
   entries = []
 
   def dense(path: tuple[str, ...], name: str) -> None:
@@ -119,6 +120,7 @@ def to_tensors(cfg: Config, params: Any) -> dict[str, np.ndarray]:
   """lncRNA-Py's tensors (float32, contiguous) from nlm_jax parameters."""
   from nlm_jax import model as model_lib
 
+  params = model_lib.unstack_blocks(params)
   out = {}
   for path, name, layout in key_map(cfg):
     x = params
@@ -133,9 +135,10 @@ def from_tensors(cfg: Config, tensors: dict[str, np.ndarray], remedy: str = REEX
                  ) -> dict[str, Any]:
   """nlm_jax parameters from lncRNA-Py's tensors; every name must be there with the
   shape the configuration gives (else a UserError ending in `remedy`)."""
+  from nlm_jax import model as model_lib
   from nlm_jax import train
 
-  abstract = train.abstract_params(cfg)
+  abstract = model_lib.unstack_blocks(train.abstract_params(cfg))
   params: dict[str, Any] = {}
   for path, name, layout in key_map(cfg):
     if name not in tensors:
@@ -151,7 +154,7 @@ def from_tensors(cfg: Config, tensors: dict[str, np.ndarray], remedy: str = REEX
     for p in path[:-1]:
       node = node.setdefault(p, {})
     node[path[-1]] = x
-  return params
+  return model_lib.stack_blocks(params)
 
 
 def holder_of(path: str) -> str | None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from nlm_jax.config import Config, UserError
 
@@ -50,21 +52,53 @@ def attention(q_BxLxHxE: jax.Array, k_BxLxHxE: jax.Array, v_BxLxHxE: jax.Array,
               lengths_B: jax.Array, implementation: str) -> jax.Array:
   """Softmax attention over the first lengths_B keys of each row (padding is at the end).
 
-  "reference" is the plain formula; the others go through jax.nn.dot_product_attention
-  ("auto": cuDNN's fused kernel where it applies, XLA elsewhere). Logits and softmax are
-  float32 in every path.
+  "reference" is the plain formula; "xla" is jax.nn.dot_product_attention's XLA path (it
+  materialises the B x H x L x L logits); "cudnn" is cuDNN's fused kernel (flash
+  attention: memory linear in L), falling back to XLA with one log line where it does not
+  apply (no GPU, float32, head width); "auto" is "cudnn" on GPUs, XLA elsewhere.
+  Logits and softmax are float32 in every path.
   """
-  if implementation != "reference":
-    return jax.nn.dot_product_attention(
-        q_BxLxHxE, k_BxLxHxE, v_BxLxHxE, key_value_seq_lengths=lengths_B.astype(jnp.int32),
-        implementation=None if implementation == "auto" else implementation)
-  scale = 1 / math.sqrt(q_BxLxHxE.shape[-1])
-  logits_BxHxLxL = jnp.einsum("bqhe,bkhe->bhqk", q_BxLxHxE, k_BxLxHxE,
-                              preferred_element_type=jnp.float32) * scale
-  keys_BxL = jnp.arange(k_BxLxHxE.shape[1])[None, :] < lengths_B[:, None]
-  logits_BxHxLxL = jnp.where(keys_BxL[:, None, None, :], logits_BxHxLxL, -1e9)
-  probs = jax.nn.softmax(logits_BxHxLxL, axis=-1).astype(v_BxLxHxE.dtype)
-  return jnp.einsum("bhqk,bkhe->bqhe", probs, v_BxLxHxE)
+  if implementation == "reference":
+    scale = 1 / math.sqrt(q_BxLxHxE.shape[-1])
+    logits_BxHxLxL = jnp.einsum("bqhe,bkhe->bhqk", q_BxLxHxE, k_BxLxHxE,
+                                preferred_element_type=jnp.float32) * scale
+    keys_BxL = jnp.arange(k_BxLxHxE.shape[1])[None, :] < lengths_B[:, None]
+    logits_BxHxLxL = jnp.where(keys_BxL[:, None, None, :], logits_BxHxLxL, -1e9)
+    probs = jax.nn.softmax(logits_BxHxLxL, axis=-1).astype(v_BxLxHxE.dtype)
+    return jnp.einsum("bhqk,bkhe->bqhe", probs, v_BxLxHxE)
+  lengths_B = lengths_B.astype(jnp.int32)
+  if implementation in ("auto", "cudnn"):
+    reason = _cudnn_refusal(q_BxLxHxE, implementation)
+    if reason is None:
+      try:  # cuDNN's own checks run while tracing: a refusal here is clean
+        return jax.nn.dot_product_attention(q_BxLxHxE, k_BxLxHxE, v_BxLxHxE,
+                                            key_value_seq_lengths=lengths_B,
+                                            implementation="cudnn")
+      except (NotImplementedError, ValueError, RuntimeError) as e:
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+    if reason:
+      _log_fallback(reason)
+  return jax.nn.dot_product_attention(q_BxLxHxE, k_BxLxHxE, v_BxLxHxE,
+                                      key_value_seq_lengths=lengths_B, implementation="xla")
+
+
+_FALLBACKS_LOGGED: set[str] = set()
+
+
+def _cudnn_refusal(q_BxLxHxE: jax.Array, implementation: str) -> str | None:
+  """Why cuDNN's fused attention cannot run here ("" for a silent XLA under "auto" off
+  GPUs), or None when it can be tried."""
+  if jax.default_backend() != "gpu":
+    return "" if implementation == "auto" else f"no GPU (backend {jax.default_backend()})"
+  if q_BxLxHxE.dtype not in (jnp.bfloat16, jnp.float16):
+    return f"it needs bf16 or fp16, the model computes in {q_BxLxHxE.dtype} (--precision bf16)"
+  return None  # head width and lengths: cuDNN's checks, while tracing
+
+
+def _log_fallback(reason: str) -> None:
+  if reason not in _FALLBACKS_LOGGED:
+    _FALLBACKS_LOGGED.add(reason)
+    logging.warning("cuDNN fused attention does not apply (%s): using XLA's attention", reason)
 
 
 def sinusoidal(length: int, d: int) -> np.ndarray:
@@ -78,13 +112,17 @@ def sinusoidal(length: int, d: int) -> np.ndarray:
 
 
 class EncoderBlock(nn.Module):
+  """One pre-LN block. The residual stream stays float32 (as under the original's
+  autocast); LayerNorm statistics are float32 too, its output and the matmuls are in the
+  compute dtype. Returns (x, None): the carry and output of nn.scan."""
   cfg: Config
+  train: bool = False
 
   @nn.compact
-  def __call__(self, x_BxLxD: jax.Array, lengths_B: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x_BxLxD: jax.Array, lengths_B: jax.Array) -> tuple[jax.Array, None]:
     cfg = self.cfg
     d, h, dtype = cfg.d_model, cfg.n_heads, compute_dtype(cfg)
-    drop = nn.Dropout(cfg.encoder_dropout, deterministic=not train)
+    drop = nn.Dropout(cfg.encoder_dropout, deterministic=not self.train)
     y = nn.LayerNorm(epsilon=1e-5, dtype=dtype)(x_BxLxD)
     q, k, v = (torch_dense(d, d, dtype, name=n)(y).reshape(*y.shape[:2], h, d // h)
                for n in "qkv")
@@ -92,28 +130,90 @@ class EncoderBlock(nn.Module):
     # original has 0.1 there): fused attention kernels have none.
     y_BxLxHxE = attention(q, k, v, lengths_B, cfg.attention)
     y = torch_dense(d, d, dtype, name="o")(y_BxLxHxE.reshape(y.shape))
-    x_BxLxD = x_BxLxD + drop(y)
+    x_BxLxD = x_BxLxD + drop(y).astype(jnp.float32)
     y = nn.LayerNorm(epsilon=1e-5, dtype=dtype)(x_BxLxD)
     y_BxLxF = nn.relu(torch_dense(cfg.ff_dim, d, dtype, name="ff_in")(y))
     y = torch_dense(d, cfg.ff_dim, dtype, name="ff_out")(drop(y_BxLxF))
-    return x_BxLxD + drop(y)
+    return x_BxLxD + drop(y).astype(jnp.float32), None
+
+
+# --remat: what the backward pass keeps of each block. "block" keeps only the block's
+# input (the scan carry) and recomputes the rest; "dots" also keeps the outputs of the
+# dense layers (matmuls without batch dimensions), recomputing attention, LayerNorm,
+# ReLU and dropout.
+REMAT_POLICIES = {"block": jax.checkpoint_policies.nothing_saveable,
+                  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
 class Encoder(nn.Module):
-  """sqrt(d)-scaled inputs + sinusoidal positions -> N pre-LN blocks -> LayerNorm."""
+  """sqrt(d)-scaled inputs + sinusoidal positions -> N pre-LN blocks -> LayerNorm.
+
+  The blocks run under nn.scan: one compiled block, parameters stacked on a leading
+  layer axis (params["encoder"]["blocks"]), so compile time does not grow with N.
+  """
   cfg: Config
 
   @nn.compact
   def __call__(self, x_BxLxD: jax.Array, lengths_B: jax.Array, train: bool) -> jax.Array:
     """lengths_B: positions (CLS included) that keys may come from; padding follows."""
     cfg = self.cfg
-    dtype = compute_dtype(cfg)
     pe_LxD = sinusoidal(x_BxLxD.shape[1], cfg.d_model)
-    x_BxLxD = (x_BxLxD * math.sqrt(cfg.d_model) + pe_LxD).astype(dtype)
+    x_BxLxD = (x_BxLxD.astype(jnp.float32) * math.sqrt(cfg.d_model) + pe_LxD)
     x_BxLxD = nn.Dropout(cfg.encoder_dropout, deterministic=not train)(x_BxLxD)
-    for i in range(cfg.N):
-      x_BxLxD = EncoderBlock(cfg, name=f"block_{i}")(x_BxLxD, lengths_B, train)
-    return nn.LayerNorm(epsilon=1e-5, dtype=dtype, name="final_norm")(x_BxLxD)
+    block = EncoderBlock
+    if cfg.remat != "none":
+      block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
+    blocks = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                     in_axes=nn.broadcast, length=cfg.N)
+    x_BxLxD, _ = blocks(cfg, train, name="blocks")(x_BxLxD, lengths_B)
+    return nn.LayerNorm(epsilon=1e-5, dtype=compute_dtype(cfg), name="final_norm")(x_BxLxD)
+
+
+def _map_encoders(tree: Any, fn: Callable[[dict], dict]) -> Any:
+  """`tree` with fn applied to every {"encoder": ...} parameter tree in it: the params, or
+  the copies of them inside an optimizer state (Adam's moments)."""
+  if isinstance(tree, dict):
+    out = {k: _map_encoders(v, fn) for k, v in tree.items()}
+    if isinstance(out.get("encoder"), dict):
+      out["encoder"] = fn(out["encoder"])
+    return out
+  if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # optax states are namedtuples
+    return type(tree)(*(_map_encoders(x, fn) for x in tree))
+  if isinstance(tree, (tuple, list)):
+    return type(tree)(_map_encoders(x, fn) for x in tree)
+  return tree
+
+
+def _layer(x: Any, i: int) -> Any:
+  if isinstance(x, jax.ShapeDtypeStruct):
+    return jax.ShapeDtypeStruct(x.shape[1:], x.dtype, sharding=x.sharding)
+  return x[i]
+
+
+def unstack_blocks(tree: Any) -> Any:
+  """The per-layer layout (encoder/block_0 ... block_{N-1}: lncRNA-Py's, and nlm_jax's
+  before scanned layers) of a tree in the stacked one (encoder/blocks, layer axis first).
+  Works on arrays and on ShapeDtypeStructs (restore targets)."""
+  def fn(encoder):
+    if "blocks" not in encoder:
+      return encoder
+    rest = {k: v for k, v in encoder.items() if k != "blocks"}
+    n = jax.tree.leaves(encoder["blocks"])[0].shape[0]
+    return {**{f"block_{i}": jax.tree.map(lambda x: _layer(x, i), encoder["blocks"])
+               for i in range(n)}, **rest}
+  return _map_encoders(tree, fn)
+
+
+def stack_blocks(tree: Any) -> Any:
+  """The stacked layout of a tree in the per-layer one (the inverse of unstack_blocks)."""
+  def fn(encoder):
+    names = sorted((k for k in encoder if k.startswith("block_")), key=lambda k: int(k[6:]))
+    if not names:
+      return encoder
+    rest = {k: v for k, v in encoder.items() if not k.startswith("block_")}
+    stack = lambda *xs: jnp.stack(xs) if isinstance(xs[0], jax.Array) else np.stack(xs)
+    return {"blocks": jax.tree.map(stack, *(encoder[k] for k in names)), **rest}
+  return _map_encoders(tree, fn)
 
 
 class ConvStem(nn.Module):

@@ -32,7 +32,8 @@ def test_encoder_and_block_counts():
   params = train.abstract_params(cfg)
   count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
   assert count(params["encoder"]) == 85_056_000
-  assert count(params["encoder"]["block_0"]) == 7_087_872
+  assert count(params["encoder"]["blocks"]) == 12 * 7_087_872
+  assert count(model_lib.unstack_blocks(params)["encoder"]["block_0"]) == 7_087_872
   assert count(params["stem"]) == 85_085_184 - 85_056_000
   assert count(params["head"]) == 618_244
 
@@ -119,8 +120,8 @@ def test_init_bounds_follow_lncrnapy():
   cfg = Config("t", "v", kernel_size=9, d_model=768, n_kernels=768, N=1, context_length=4)
   params = model_lib.build(cfg).init(jax.random.key(0), jnp.zeros((1, 27), jnp.uint8))["params"]
   bound = lambda x: float(jnp.max(jnp.abs(x)))
-  assert 0.0600 < bound(params["encoder"]["block_0"]["q"]["kernel"]) <= 0.0625
-  assert 0.0390 < bound(params["encoder"]["block_0"]["ff_in"]["kernel"]) <= 0.03953
+  assert 0.0600 < bound(params["encoder"]["blocks"]["q"]["kernel"]) <= 0.0625
+  assert 0.0390 < bound(params["encoder"]["blocks"]["ff_in"]["kernel"]) <= 0.03953
   assert 0.0290 < bound(params["stem"]["conv"]["kernel"]) <= 0.02939
   assert 0.0600 < bound(params["stem"]["cls"]) <= 0.0625
   assert 0.0350 < bound(params["head"]["output_linear"]["kernel"]) <= 0.0361
@@ -173,3 +174,60 @@ def test_bf16_computes_in_bf16_with_float32_parameters_and_logits_close():
   y16, _ = model_lib.build(bf16).apply(params, x, method="embed")
   assert y16.dtype == jnp.bfloat16 and out32.dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(out16, np.float32), out32, atol=0.1)
+
+
+def test_cudnn_request_falls_back_to_xla_with_one_log_line(caplog):
+  """--attention cudnn where it does not apply (here: no GPU) computes XLA's attention and
+  says why, once; "auto" off GPUs is XLA without a word."""
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 24, 2, 8)), jnp.bfloat16) for _ in range(3))
+  lengths = jnp.array([24, 5])
+  model_lib._FALLBACKS_LOGGED.clear()
+  with caplog.at_level("WARNING"):
+    got = [model_lib.attention(q, k, v, lengths, impl) for impl in ("cudnn", "cudnn", "auto")]
+  want = model_lib.attention(q, k, v, lengths, "xla")
+  for g in got:
+    np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(want, np.float32))
+  if jax.default_backend() != "gpu":
+    lines = [r.getMessage() for r in caplog.records if "cuDNN" in r.getMessage()]
+    assert len(lines) == 1 and "no GPU" in lines[0], lines
+
+
+@pytest.mark.parametrize("remat", ["block", "dots"])
+def test_remat_changes_memory_not_results(remat):
+  """Rematerialised blocks give the loss and gradients of the plain ones (same parameters,
+  same dropout), and the step holds less memory at a size where activations dominate."""
+  cfg = Config("t", "v", d_model=32, n_kernels=32, N=3, h=4, kernel_size=3, context_length=64)
+  other = dataclasses.replace(cfg, remat=remat)
+  x = np.random.default_rng(3).integers(0, 4, (4, cfg.n_nucleotides)).astype(np.uint8)
+  params = jax.jit(model_lib.build(cfg).init)(jax.random.key(0), x)["params"]
+
+  def loss_and_grads(c):
+    def loss(p):
+      logits = model_lib.build(c).apply({"params": p}, x, train=True,
+                                        rngs={"dropout": jax.random.key(1)})
+      return jnp.mean(logits.astype(jnp.float32) ** 2)
+    f = jax.jit(jax.value_and_grad(loss))
+    memory = f.lower(params).compile().memory_analysis().temp_size_in_bytes
+    return f(params), memory
+
+  (l0, g0), m0 = loss_and_grads(cfg)
+  (l1, g1), m1 = loss_and_grads(other)
+  np.testing.assert_allclose(l1, l0, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  assert m1 < m0, (m1, m0)
+
+
+def test_bf16_keeps_the_residual_stream_in_float32():
+  """Each block adds to a float32 stream (the original's autocast does too); only its
+  matmuls and LayerNorm outputs are bf16."""
+  cfg = Config("t", "v", d_model=32, n_kernels=32, N=1, h=4, kernel_size=3, context_length=16,
+               precision="bf16")
+  x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 16, 32)), jnp.float32)
+  block = model_lib.EncoderBlock(cfg)
+  params = block.init(jax.random.key(0), x, jnp.array([16, 9]))
+  y, _ = block.apply(params, x, jnp.array([16, 9]))
+  assert y.dtype == jnp.float32
+  text = jax.jit(lambda p, x: block.apply(p, x, jnp.array([16, 9]))).lower(params, x).as_text()
+  assert "bf16" in text  # the matmuls

@@ -1,6 +1,7 @@
 """Runs that survive: kill a run (SIGKILL or SIGTERM) in the middle of an epoch, run the
 same command again, and get the history of a run that was never interrupted."""
 
+import dataclasses
 import os
 import re
 import signal
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nlm_jax import checkpoint, sampler, synthetic, train
+from nlm_jax import checkpoint, model as model_lib, sampler, synthetic, train
 from nlm_jax.config import Config
 
 FLAGS = ["--d_model=32", "--n_kernels=32", "--N=1", "--h=2", "--kernel_size=3",
@@ -213,3 +214,34 @@ def test_one_writer_per_model_folder_and_a_killed_one_leaves_no_lock(tmp_path):
     assert f.read() == f"process {os.getpid()} on {os.uname().nodename}"
   lock.release()
   assert not os.path.exists(path + ".lock")
+
+
+def test_checkpoints_with_blocks_one_by_one_restore_and_resume(data, tmp_path):
+  """Checkpoints written before the blocks were scanned (params/encoder/block_i, Adam's
+  moments likewise) load stacked: the same parameters, and a resumed run goes on exactly
+  as it does from the same checkpoint in today's layout."""
+  cfg = Config(*data, d_model=32, n_kernels=32, N=2, h=2, kernel_size=3, context_length=16,
+               batch_size=8, warmup_steps=4, n_samples_per_epoch=32, epochs=1, n_eval=40,
+               precision="fp32",
+               results_dir=str(tmp_path / "R"), model_dir=str(tmp_path / "M"))
+  devices = jax.devices()[:1]
+  train.run(cfg, devices=devices)
+  mesh = train.make_mesh(devices)
+  state, meta = checkpoint.Checkpointer(cfg.checkpoint_path, cfg).restore_latest(
+      train.init_state(cfg, mesh, jax.random.key(0)))
+  old = dataclasses.replace(cfg, model_dir=str(tmp_path / "OLD"), results_dir=str(tmp_path / "R2"))
+  saver = checkpoint.Checkpointer(old.checkpoint_path, old)
+  saver.save(int(state.step), state.replace(params=model_lib.unstack_blocks(state.params),
+                                            opt_state=model_lib.unstack_blocks(state.opt_state)),
+             meta, meta["history"][-1]["Accuracy|valid"])
+  saver.close()
+  step_dir = os.path.join(old.checkpoint_path, str(int(state.step)))
+  assert os.path.isdir(os.path.join(step_dir, "params")) and checkpoint._per_layer(step_dir)
+
+  _, params = checkpoint.restore(old.checkpoint_path)
+  assert params["encoder"]["blocks"]["q"]["kernel"].shape == (2, 32, 32)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params), strict=True):
+    np.testing.assert_array_equal(a, b)
+  resumed_old = train.run(dataclasses.replace(old, epochs=2), devices=devices)
+  resumed_new = train.run(dataclasses.replace(cfg, epochs=2), devices=devices)
+  assert len(resumed_old) == 2 and resumed_old == resumed_new
