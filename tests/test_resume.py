@@ -227,8 +227,9 @@ def test_checkpoints_with_blocks_one_by_one_restore_and_resume(data, tmp_path):
   devices = jax.devices()[:1]
   train.run(cfg, devices=devices)
   mesh = train.make_mesh(devices)
-  state, meta = checkpoint.Checkpointer(cfg.checkpoint_path, cfg).restore_latest(
-      train.init_state(cfg, mesh, jax.random.key(0)))
+  reader = checkpoint.Checkpointer(cfg.checkpoint_path, cfg)
+  state, meta = reader.restore_latest(train.init_state(cfg, mesh, jax.random.key(0)))
+  reader.close()
   old = dataclasses.replace(cfg, model_dir=str(tmp_path / "OLD"), results_dir=str(tmp_path / "R2"))
   saver = checkpoint.Checkpointer(old.checkpoint_path, old)
   saver.save(int(state.step), state.replace(params=model_lib.unstack_blocks(state.params),
