@@ -355,8 +355,12 @@ def activation_bytes(cfg: Config, rows: int, train: bool) -> int:
   """A lower bound of the memory one step's activations take on a device that holds `rows`
   rows: the widest of one layer's tensors (model width, feed-forward, attention scores),
   in float32, once per layer when training keeps them for the backward pass. Sizes above
-  a device's memory are refused before XLA tries them (on a CPU it aborted the process)."""
+  a device's memory are refused before XLA tries them (on a CPU it aborted the process).
+  With --remat the backward pass keeps only each block's input, and one block's tensors
+  at a time."""
   width = max(cfg.d_model, cfg.ff_dim, cfg.n_heads * cfg.context_length)
+  if train and cfg.remat != "none":
+    return 4 * rows * cfg.context_length * (width + cfg.d_model * cfg.N)
   return 4 * rows * cfg.context_length * width * (cfg.N if train else 1)
 
 
