@@ -96,9 +96,15 @@ def fit(fasta_path: str, vocab_size: int, out_path: str) -> int:
   finally:
     done.set()
   tmp = out_path + ".tmp"
-  with open(tmp, "wb") as f:
-    f.write(model.getvalue())
-  os.replace(tmp, out_path)
+  try:
+    with open(tmp, "wb") as f:
+      f.write(model.getvalue())
+    os.replace(tmp, out_path)
+  except OSError as e:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise UserError(f"writing {out_path!r} failed ({e.strerror or e}): free disk space or choose "
+                    "another --bpe_file.") from None
   sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
   print(f"wrote {out_path}: {sp.get_piece_size()} pieces from {counter['sequences']:,} sequences "
         f"({counter['nucleotides']:,} nt) in {time.perf_counter() - start:.1f} s", flush=True)

@@ -68,8 +68,11 @@ class NpzStream:
     self.rows += len(block)
 
   def abort(self) -> None:
-    self.f.close()
-    self.zf.close()
+    """Closes what is open, whatever failed (a full disk), so nothing writes later."""
+    for close in (self.f.close, self.zf.close, self.zf.fp.close if self.zf.fp else None):
+      if close is not None:
+        with contextlib.suppress(OSError, ValueError):
+          close()
 
   def close(self, **arrays: np.ndarray) -> None:
     """Adds the other members; the row count must be what the header promised."""
@@ -180,9 +183,8 @@ def embed_fasta(model_dir: str, fasta_path: str, out: str, pooling: str = "mean"
     stream.close(ids=np.array(names, dtype=str), lengths=lengths)
     os.replace(tmp, out)
   except BaseException as e:
-    if stream is not None and stream.rows < stream.n_rows:
-      with contextlib.suppress(OSError):
-        stream.abort()
+    if stream is not None:
+      stream.abort()
     if os.path.exists(tmp):
       os.remove(tmp)
     if isinstance(e, OSError):

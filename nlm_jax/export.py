@@ -215,6 +215,8 @@ def export(model_dir: str, out_dir: str, overwrite: bool = False) -> str:
   """Writes the best checkpoint of `model_dir` to `out_dir` (see the module docstring).
   The folder is written under a temporary name and renamed when complete; an existing
   `out_dir` is refused unless `overwrite` and it is an export folder (check_out_dir)."""
+  from safetensors import SafetensorError  # its writer's I/O errors (a full disk)
+
   check_out_dir(model_dir, out_dir, overwrite)
   cfg, params = checkpoint_lib.restore(model_dir)
   tensors = to_tensors(cfg, params)
@@ -238,9 +240,10 @@ def export(model_dir: str, out_dir: str, overwrite: bool = False) -> str:
   except BaseException as e:
     if tmp is not None:
       shutil.rmtree(tmp, ignore_errors=True)
-    if isinstance(e, OSError):
-      raise UserError(f"writing the export folder {out_dir!r} failed ({e.strerror or e}): free "
-                      "disk space, or choose another OUT_DIR.") from None
+    if isinstance(e, (OSError, SafetensorError)):
+      why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
+      raise UserError(f"writing the export folder {out_dir!r} failed ({why}): free disk space, "
+                      "or choose another OUT_DIR.") from None
     raise
   return out_dir
 

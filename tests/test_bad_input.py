@@ -664,6 +664,8 @@ BPE_CASES = {
                                   fragments=["VOCAB_SIZE 100000", "too large", "'train.fa'",
                                              "at most"]),
     "bpe_file_parent_is_file": _bpe_parent_is_file,
+    "bpe_file_under_proc": _args("train.fa", "30", "--bpe_file=/proc/nope/out.bpe",
+                                 fragments=["/proc/nope", "--bpe_file"]),
     "no_arguments": _args(fragments=["expected FASTA and VOCAB_SIZE"]),
     "one_argument": _args("train.fa", fragments=["expected FASTA and VOCAB_SIZE"]),
     "three_arguments": _args("train.fa", "30", "valid.fa",
@@ -703,6 +705,25 @@ def test_bpe_existing_output_is_not_overwritten(tmp_path, where):
                                "--bpe_file"], prefix=BPE_PREFIX)
   assert path.read_bytes() == content
   assert_unchanged(before, snapshot(tmp_path))
+
+
+def fill(disk):
+  """Fills a small disk to the last byte."""
+  with open(disk / "filler", "wb", buffering=0) as f:
+    try:
+      while True:
+        f.write(b"\0" * 4096)
+    except OSError:
+      pass
+
+
+def test_bpe_on_a_full_disk_is_one_line_error(tmp_path, small_disk):
+  good_files(tmp_path)
+  fill(small_disk)
+  proc = run_bpe(tmp_path, "train.fa", "30", "--bpe_file=disk/out.bpe")
+  assert_one_line_error(proc, ["'disk/out.bpe'", "free disk space", "--bpe_file"],
+                        prefix=BPE_PREFIX, progress=("fitting ", "  read "))
+  assert os.listdir(small_disk) == ["filler"]
 
 
 # ---------------------------------------------------------------------- handled cases

@@ -14,7 +14,8 @@ import nlm_jax
 from conftest import random_seqs, write_fasta
 from nlm_jax import train
 from nlm_jax.config import Config
-from test_bad_input import assert_one_line_error, assert_unchanged, run_module, snapshot
+from test_bad_input import (assert_one_line_error, assert_unchanged, fill, run_module, small_disk,
+                             snapshot)
 
 SMALL = dict(d_model=32, n_kernels=32, N=1, h=4, kernel_size=3, context_length=16,
              batch_size=8, warmup_steps=4, n_samples_per_epoch=32, encoder_dropout=0.0)
@@ -116,6 +117,20 @@ def test_embed_reads_a_lncrnapy_folder(model_dir, tmp_path):
 
 
 # ---------------------------------------------------------------------- bad input
+
+
+def test_embed_and_export_on_a_full_disk_are_one_line_errors(model_dir, tmp_path, small_disk):
+  write_fasta(tmp_path / "in.fa", random_seqs(3, 10, 50, seed=5))
+  fill(small_disk)
+  proc = run_module("nlm_jax.embed", tmp_path, model_dir, "in.fa", "disk/out.npz")
+  assert_one_line_error(proc, ["'disk/out.npz'", "free disk space"],
+                        prefix="nlm_jax.embed: error:", progress=("embedding ", "[#"))
+  assert os.listdir(small_disk) == ["filler"]
+  proc = run_module("nlm_jax.export", tmp_path, model_dir, "disk/exported")
+  assert_one_line_error(proc, ["'disk/exported'", "free disk space", "OUT_DIR"],
+                        prefix="nlm_jax.export: error:")
+  assert os.listdir(small_disk) == ["filler"]
+
 
 
 def _protein(tmp, model):
