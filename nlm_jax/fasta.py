@@ -64,6 +64,9 @@ def _check_fasta_file(path: str, what: str) -> None:
     raise UserError(f"{what} FASTA {path!r} does not exist: check the path (and --data_dir).")
   if os.path.isdir(path):
     raise UserError(f"{what} FASTA {path!r} is a folder: pass a FASTA file.")
+  if not os.path.isfile(path):
+    raise UserError(f"{what} FASTA {path!r} is no regular file (a pipe or a device): it is read "
+                    "more than once, so save it to a file first.")
   if os.path.getsize(path) == 0:
     raise UserError(f"{what} FASTA {path!r} is empty: pass a FASTA file with at least one record.")
   opener = gzip.open if _is_gzip(path) else open

@@ -361,6 +361,8 @@ ERROR_CASES = {
     "valid_only_gaps": _nothing_to_predict("valid", b"------....------"),
     "valid_targets_beyond_the_window": _targets_beyond_window,
     "fasta_nul_byte": _nul_byte,
+    "fasta_is_a_device": _args("/dev/zero", "valid.fa",
+                               fragments=["'/dev/zero'", "no regular file", "save it to a file"]),
     "fasta_cr_only_line_ends": _cr_only,
     "data_dir_without_files": _data_dir_without_files,
     # Positional arguments and flags.
