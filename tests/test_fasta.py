@@ -129,11 +129,14 @@ def fuzz_fasta(rng: np.random.Generator, odd: bool = True) -> bytes:
   return data.rstrip(b"\r\n") if rng.random() < 0.2 else data  # no final line end
 
 
-def test_fuzzed_files_read_exactly_or_refused(tmp_path):
+@pytest.mark.parametrize("block", [None, 7])  # 7 bytes: records and lines span blocks
+def test_fuzzed_files_read_exactly_or_refused(tmp_path, monkeypatch, block):
   from nlm_jax import sampler
   from nlm_jax.config import Config
 
-  rng = np.random.default_rng(0)
+  if block:
+    monkeypatch.setattr(fasta_lib, "_BLOCK", block)
+  rng = np.random.default_rng(0 if block is None else 1)
   paths = {"indexed": 0, "cached": 0}
   for trial in range(60):
     data = fuzz_fasta(rng, odd=trial % 4 != 0)
@@ -141,7 +144,11 @@ def test_fuzzed_files_read_exactly_or_refused(tmp_path):
       k = int(rng.integers(len(data)))
       data = data[:k] + b"\0" + data[k:]
     path = tmp_path / f"f{trial}.fa"
-    path.write_bytes(gzip.compress(data) if trial % 3 == 2 else data)
+    if trial % 6 == 5:  # two gzip members, split anywhere (as `cat a.gz b.gz` makes)
+      k = int(rng.integers(len(data) + 1))
+      path.write_bytes(gzip.compress(data[:k]) + gzip.compress(data[k:]))
+    else:
+      path.write_bytes(gzip.compress(data) if trial % 3 == 2 else data)
     if b"\0" in data:
       with pytest.raises(UserError, match="NUL byte"):
         fasta_lib.Fasta(str(path))
