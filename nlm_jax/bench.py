@@ -2,6 +2,7 @@ r"""Throughput benchmark: train step, matmul peak, host sampler and FASTA stream
 
   .venv/bin/python -m nlm_jax.bench     # every configuration: about 8 min on 2 CPU cores
   .venv/bin/python -m nlm_jax.bench --configs=demo_conv --steps=20 --fasta_gb=0
+  .venv/bin/python -m nlm_jax.bench --configs=e2e,e2e_system --fasta_gb=0   # the whole command
 
 stdout holds one JSON line per training configuration, then one for FASTA streaming
 (progress goes to stderr), so `... | tee bench.jsonl` keeps a machine-readable record.
@@ -44,6 +45,27 @@ Fields of a training line ("kind": "train"):
   allocator: the malloc of the process ("malloc: mimalloc", see nlm_jax/allocator.py).
 A configuration that does not fit even at the smallest batch prints
 {"kind": "train", "config": ..., "error": ...} instead.
+
+The whole pre-training command ("kind": "e2e"): `python -m nlm_jax.pretrain` run as a
+subprocess, as a user runs it (it re-executes itself with its allocator), with a tiny conv
+BERT (E2E_FLAGS: d_model 128, N 2, 128 kernels of 9, context 256, batch 8, 3 epochs of 400
+samples, warm-up 100, seed 0) on GENCODE's 2,686 human lncRNAs (the shared data folder of
+the project, when present: data "gencode") split 2,186 train / 500 valid, else on a
+generated FASTA of the same size and length distribution ("generated"). Configuration e2e
+runs it twice with mimalloc, in a new compilation cache ("cold") and again in the same
+("warm"); e2e_system once with NLM_JAX_ALLOCATOR=system in a new cache. Fields:
+  data, n_train, n_valid, flags (the command's model flags), allocator (from its log),
+  compilation_cache (cold or warm), compiled_from_cache (its log says the steps were
+  loaded from the cache).
+  wall_s; user_s, sys_s, minor_faults, max_rss_bytes: the child's resource usage
+    (os.wait4), as /usr/bin/time reports them.
+  The wall time's split: startup_s (from the start of the process to the first training
+    step: imports, re-exec, compiling, the evaluation sets), train_s and eval_s (the
+    epochs' training steps and evaluations, as the command logs them), other_s
+    (checkpoints, history and plots between them), exit_s (from the last log line to the
+    end of the process).
+  train_real_nucleotides_per_s: the last epoch's nucleotides of real sequence per second
+    of training (padding excluded); accuracy_valid: the last epoch's Accuracy|valid.
 
 Fields of the FASTA line ("kind": "fasta_stream"), measured in a subprocess that imports
 no JAX, opens a generated FASTA (--fasta_gb, sequences of 500-20,000 nt) with
@@ -101,11 +123,26 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 # (warm-up steps, timed steps) when --warmup / --steps are not given: a BERT-base step
 # takes many seconds on CPU.
+# The whole pre-training command, run as a user runs it (issue 11): a tiny conv BERT for
+# 3 epochs of 400 samples on GENCODE's lncRNAs split 2,186 / 500.
+E2E_FLAGS = ("--d_model=128", "--N=2", "--n_kernels=128", "--kernel_size=9",
+             "--context_length=256", "--batch_size=8", "--epochs=3", "--n_samples_per_epoch=400",
+             "--warmup_steps=100", "--seed=0")
+E2E_SPLIT = (2186, 500)
+E2E_CONFIGS = ("e2e", "e2e_system")
+# The GENCODE lncRNAs of the shared data folder next to a checkout, when present.
+GENCODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
+                       "gencode_human_lncrna.fasta")
+_FINISHED_RE = re.compile(r"training finished in ([\d.]+) s \(training ([\d.]+) s, evaluation "
+                          r"([\d.]+) s")
+_REAL_NT_RE = re.compile(r"([\d.e+]+) real nt/s")
+_ALLOCATOR_RE = re.compile(r"(malloc: [^;]+);")
+_ACCURACY_RE = re.compile(r"Accuracy\|valid ([\d.]+)")
 DEFAULT_STEPS = {"demo_conv": (3, 20), "base_conv": (1, 2), "base_kmer": (1, 2),
                  "demo_kmer": (3, 20)}
 
-_CONFIGS = flags.DEFINE_list("configs", list(CONFIGS),
-                             f"Configurations to run, of {', '.join(CONFIGS)}.")
+_CONFIGS = flags.DEFINE_list("configs", [*CONFIGS, *E2E_CONFIGS],
+                             f"Configurations to run, of {', '.join([*CONFIGS, *E2E_CONFIGS])}.")
 _STEPS = flags.DEFINE_integer("steps", None, "Timed steps per configuration (default: 20 at demo "
                               "size, 2 at BERT-base).", lower_bound=1)
 _WARMUP = flags.DEFINE_integer("warmup", None, "Untimed steps before timing (default: 3 at demo "
@@ -127,6 +164,9 @@ _FIT_MEMORY = flags.DEFINE_boolean(
 _BENCH_DIR = flags.DEFINE_string("bench_dir", None, "Folder for the demo data and the generated "
                                  "FASTA, kept (and the FASTA reused) between runs; default: a "
                                  "temporary folder, deleted at the end.")
+
+_E2E_FLAGS = flags.DEFINE_list("e2e_flags", [], "Pre-training flags added to the e2e command "
+                               "(they override its own), e.g. --e2e_flags=--epochs=1.")
 
 _DTYPE_NAMES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16", "f64": "float64"}
 # An element type in StableHLO text, e.g. the f32 of tensor<8x768xf32>.
@@ -447,13 +487,115 @@ def train_record(name: str, cfg: Config, warmup: int, steps: int) -> dict[str, A
   }
 
 
+# ----------------------------------------------------------------------------- the whole command
+
+
+def e2e_data(folder: str) -> tuple[str, str, str]:
+  """(train, valid, source): GENCODE's lncRNAs of ../shared/data split 2,186 / 500 (the first
+  2,186 records train) where that file is present, else a generated FASTA of the same
+  size and length distribution."""
+  train, valid = (os.path.join(folder, f"e2e_{s}.fasta") for s in ("train", "valid"))
+  source = "generated"
+  if os.path.exists(GENCODE):
+    records = list(fasta_lib.records(GENCODE))
+    source = "gencode"
+  else:  # lengths: log-normal through GENCODE's median (993) and quartiles (602, 1,741)
+    rng = np.random.default_rng(0)
+    lengths = np.clip(rng.lognormal(np.log(993), 0.787, E2E_SPLIT[0] + E2E_SPLIT[1]), 152, 15364)
+    records = [(f"rnd_{i}", "".join(rng.choice(list("ACGT"), int(n), p=[0.28, 0.23, 0.23, 0.26])))
+               for i, n in enumerate(lengths)]
+  for path, part in ((train, records[:E2E_SPLIT[0]]), (valid, records[E2E_SPLIT[0]:])):
+    with open(path, "w") as f:
+      f.writelines(f">{name}\n{seq}\n" for name, seq in part)
+  return train, valid, source
+
+
+def child_env(allocator_choice: str) -> dict[str, str]:
+  """The environment of a pretrain subprocess as a user's shell would give it: without this
+  bench's own LD_PRELOAD of mimalloc (so the command re-executes itself as usual) or XLA_FLAGS."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  lib = allocator.library()
+  kept = [p for p in re.split(r"[: ]", env.pop("LD_PRELOAD", "")) if p and p != lib]
+  if kept:
+    env["LD_PRELOAD"] = ":".join(kept)
+  env[allocator.ENV] = allocator_choice
+  return env
+
+
+def e2e_record(name: str, folder: str, train: str, valid: str, source: str, cache: str,
+               cache_state: str, allocator_choice: str) -> dict[str, Any]:
+  """Runs the pre-training command in a subprocess; wall, user and system seconds, faults and
+  peak memory of the child (os.wait4), and the split of its wall time from its log."""
+  run_dir = os.path.join(folder, f"run_{name}_{cache_state}")
+  shutil.rmtree(run_dir, ignore_errors=True)
+  cmd = [sys.executable, "-m", "nlm_jax.pretrain", train, valid, *E2E_FLAGS, *_E2E_FLAGS.value,
+         f"--model_dir={run_dir}/models", f"--results_dir={run_dir}/results",
+         f"--compilation_cache={cache}"]
+  load_1m = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+  t0 = time.perf_counter()
+  proc = subprocess.Popen(cmd, env=child_env(allocator_choice), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  lines, finished_at = [], None
+  for line in proc.stderr:
+    lines.append(line)
+    if "training finished in" in line:
+      finished_at = time.perf_counter()
+  _, status, usage = os.wait4(proc.pid, 0)
+  wall = time.perf_counter() - t0
+  proc.returncode = os.waitstatus_to_exitcode(status)
+  log_text = "".join(lines)
+  done = _FINISHED_RE.search(log_text)
+  if proc.returncode or not done or finished_at is None:
+    raise RuntimeError(f"the pre-training command failed ({proc.returncode}):\n{log_text[-3000:]}")
+  loop_s, train_s, eval_s = (float(x) for x in done.group(1, 2, 3))
+  real = [float(x) for x in _REAL_NT_RE.findall(log_text)]
+  rss = usage.ru_maxrss if sys.platform == "darwin" else usage.ru_maxrss * 1024
+  return {
+      "kind": "e2e", "config": name, "data": source, "n_train": E2E_SPLIT[0],
+      "n_valid": E2E_SPLIT[1], "flags": " ".join([*E2E_FLAGS, *_E2E_FLAGS.value]),
+      "allocator": _ALLOCATOR_RE.search(log_text).group(1), "compilation_cache": cache_state,
+      "compiled_from_cache": "(from the compilation cache)" in log_text,
+      "wall_s": wall, "user_s": usage.ru_utime, "sys_s": usage.ru_stime,
+      "minor_faults": usage.ru_minflt, "max_rss_bytes": rss,
+      "startup_s": finished_at - t0 - loop_s, "train_s": train_s, "eval_s": eval_s,
+      "other_s": round(loop_s - train_s - eval_s, 3), "exit_s": wall - (finished_at - t0),
+      "train_real_nucleotides_per_s": real[-1] if real else None,
+      "accuracy_valid": float(_ACCURACY_RE.findall(log_text)[-1]), "host_load_1m": load_1m,
+  }
+
+
+def e2e_records(folder: str, configs: list[str]) -> None:
+  """Emits the e2e lines: with mimalloc in a cold then a warm compilation cache, and with the
+  system's malloc (cold), each in a fresh model folder."""
+  train, valid, source = e2e_data(folder)
+  log(f"the whole pre-training command on {source} data ({E2E_SPLIT[0]:,} / {E2E_SPLIT[1]:,}), "
+      f"{' '.join([*E2E_FLAGS, *_E2E_FLAGS.value])}")
+  runs = []
+  if "e2e" in configs:
+    runs += [("e2e", "cache_mimalloc", "cold", "mimalloc"),
+             ("e2e", "cache_mimalloc", "warm", "mimalloc")]
+  if "e2e_system" in configs:
+    runs.append(("e2e_system", "cache_system", "cold", "system"))
+  for name, cache_name, cache_state, choice in runs:
+    cache = os.path.join(folder, cache_name)
+    if cache_state == "cold":
+      shutil.rmtree(cache, ignore_errors=True)
+    log(f"{name}: {choice} malloc, {cache_state} compilation cache")
+    record = e2e_record(name, folder, train, valid, source, cache, cache_state, choice)
+    log(f"  {record['wall_s']:.1f} s wall (start-up {record['startup_s']:.1f}, training "
+        f"{record['train_s']:.1f}, evaluation {record['eval_s']:.1f}), user {record['user_s']:.1f} s, "
+        f"sys {record['sys_s']:.1f} s, {record['minor_faults'] / 1e6:.2f} M minor faults, "
+        f"Accuracy|valid {record['accuracy_valid']:.4f}")
+    emit(record)
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  unknown = [c for c in _CONFIGS.value if c not in CONFIGS]
+  unknown = [c for c in _CONFIGS.value if c not in CONFIGS and c not in E2E_CONFIGS]
   if unknown:
     raise app.UsageError(f"unknown --configs {', '.join(unknown)}: choose from "
-                         f"{', '.join(CONFIGS)}")
+                         f"{', '.join([*CONFIGS, *E2E_CONFIGS])}")
   # A terminated bench still removes its temporary folder (and a 1 GB FASTA in it).
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
   own_dir = _BENCH_DIR.value is None
@@ -461,7 +603,7 @@ def main(argv: list[str]) -> None:
   os.makedirs(folder, exist_ok=True)
   start = time.perf_counter()
   try:
-    if _CONFIGS.value:
+    if any(c in CONFIGS for c in _CONFIGS.value):
       demo = os.path.join(folder, "demo")
       train_fa, valid_fa = (os.path.join(demo, f) for f in ("train.fasta", "valid.fasta"))
       if not os.path.exists(train_fa):
@@ -469,7 +611,7 @@ def main(argv: list[str]) -> None:
 
         log(f"writing the demo data to {demo}")
         synthetic.write_demo(demo, 3000, 500)
-      for name in _CONFIGS.value:
+      for name in (c for c in _CONFIGS.value if c in CONFIGS):
         warmup, steps = DEFAULT_STEPS[name]
         warmup = warmup if _WARMUP.value is None else _WARMUP.value
         steps = steps if _STEPS.value is None else _STEPS.value
@@ -481,6 +623,8 @@ def main(argv: list[str]) -> None:
         except MemoryError as e:
           log(f"  skipped: {e}")
           emit({"kind": "train", "config": name, "error": f"skipped: {e}"})
+    if any(c in E2E_CONFIGS for c in _CONFIGS.value):
+      e2e_records(folder, _CONFIGS.value)
     if _FASTA_GB.value > 0:
       emit(fasta_stream_record(folder, _FASTA_GB.value, _STREAM_S.value))
   finally:

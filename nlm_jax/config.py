@@ -106,7 +106,17 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       "or a pre-trained model of lncRNA-Py's save_pretrained), with a fresh optimizer and "
       "learning-rate schedule. The architecture is the folder's: a flag that sets it otherwise "
       "is an error. Not under --data_dir.", **d)
-  # Runtime flags (not part of the Config): multi-host set-up.
+  flags.DEFINE_integer(
+      "n_eval", 2500,
+      "Sequences in each evaluation subset, as lncRNA-Py: the validation subset holds "
+      "min(n_eval, validation records) (seed 42), the training subset as many training "
+      "records (at most all of them).", **d)
+  # Runtime flags (not part of the Config): the compilation cache, multi-host set-up.
+  flags.DEFINE_string(
+      "compilation_cache", None,
+      "Folder of JAX's persistent compilation cache: a second run or a resume of the same "
+      "configuration skips compiling. Default: $NLM_JAX_COMPILATION_CACHE, else nlm_jax/xla "
+      "in the user's cache folder ($XDG_CACHE_HOME or ~/.cache); 'none' turns it off.", **d)
   flags.DEFINE_boolean(
       "distributed", False,
       "Call jax.distributed.initialize() first, for multi-host TPU VMs and GPU clusters "
@@ -157,10 +167,10 @@ class Config:
   checkpoint_every_steps: int = 500
   fresh: bool = False
   init_from: str = ""
+  n_eval: int = 2500
   # Not flags of the contract: fixed by lncRNA-Py, kept visible here.
   bpe_vocab_size: int | None = None  # read from --bpe_file by from_flags
   encoder_dropout: float = 0.1  # inside the encoder (the original's BERT default)
-  n_eval: int = 2500  # sequences in each evaluation subset
   valid_seed: int = 42  # picks the validation subset, as in the original
 
   # Derived values. Properties, so they can never disagree with the fields.

@@ -29,6 +29,8 @@ def main(argv: list[str]) -> None:
     cfg = config.from_flags(FLAGS, argv[1:])
     from nlm_jax import train  # after validation: importing JAX takes a second or two
 
+    train.use_compilation_cache(FLAGS.compilation_cache)
+
     if FLAGS.distributed:
       train.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                    FLAGS.process_id)

@@ -177,6 +177,10 @@ class ConvEncoding:
     del ended_B  # conv windows carry no end marker
     return mask_conv(codes_BxN, rng, self.cfg)
 
+  def real_nucleotides(self, batch: Batch) -> int:
+    """Nucleotides of real sequence in the batch: every position but padding."""
+    return int(np.count_nonzero(batch["inputs"] != fasta_lib.PAD))
+
   def empty_rows(self, n_rows: int) -> Batch:
     """Rows of padding without targets: they fill a short last batch."""
     return {"inputs": np.full((n_rows, self.window), fasta_lib.PAD, dtype=np.uint8),
@@ -191,9 +195,16 @@ class TokenEncoding:
     self.window, self.unit = tokenizer.window, tokenizer.unit
     self.token_nucs = tokenizer.token_nucleotides()  # (V, M) codes, -1 past each token's end
     self.is_nucleotides_V = self.token_nucs[:, 0] >= 0
+    self.lengths_V = np.sum(self.token_nucs >= 0, axis=1)  # 0 for special tokens and UNK
 
   def batch(self, codes_BxN: np.ndarray, ended_B: np.ndarray, rng: np.random.Generator) -> Batch:
     return mask_tokens(self.tokenizer(codes_BxN, ended_B), rng, self.cfg, self.is_nucleotides_V)
+
+  def real_nucleotides(self, batch: Batch) -> int:
+    """Nucleotides of real sequence in the batch: those of its tokens as they were before
+    masking (targets hold the selected ones), special tokens and UNK counting 0."""
+    ids_BxL = np.where(batch["targets"] != IGNORE, batch["targets"], batch["inputs"])
+    return int(self.lengths_V[ids_BxL].sum())
 
   def empty_rows(self, n_rows: int) -> Batch:
     """CLS then PAD, without targets (CLS keeps one key to attend to)."""
@@ -265,6 +276,14 @@ def eval_set(fa: fasta_lib.Fasta, indices: np.ndarray, encoding: ConvEncoding | 
   computed on this set move only when the model does."""
   codes, ended = read_windows(fa, indices, encoding.window, None, encoding.unit, False)
   return encoding.batch(codes, ended, rng_for(seed))
+
+
+def eval_sizes(n_train: int, n_valid: int, n_eval: int) -> tuple[int, int]:
+  """(training, validation) evaluation subset sizes, lncRNA-Py's rule (original-behaviour.md
+  4.1, 4.2): min(n_eval, n_valid) validation sequences and as many training ones (at most
+  n_train), so that evaluating the training subset costs what the validation one costs."""
+  n_valid_eval = min(n_eval, n_valid)
+  return min(n_valid_eval, n_train), n_valid_eval
 
 
 def eval_indices(n: int, n_eval: int, seed: int) -> np.ndarray:

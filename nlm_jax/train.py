@@ -32,6 +32,8 @@ from nlm_jax import sampler as sampler_lib
 from nlm_jax.config import Config, UserError, check_writable
 
 log = logging.getLogger(__name__)  # cli.quiet_libraries keeps nlm_jax's loggers
+CACHE_ENV = "NLM_JAX_COMPILATION_CACHE"
+_cache_hits: list[int] = []  # programs loaded from the persistent compilation cache
 EVAL_ROWS = 64  # evaluation batches hold at least this many rows: fewer, larger steps
 
 TrainState = train_state.TrainState
@@ -48,6 +50,35 @@ def initialize_distributed(coordinator_address: str | None = None,
     raise UserError(f"jax.distributed.initialize failed ({str(e).splitlines()[0][:200]}): on a "
                     "TPU VM run on every worker; elsewhere give --coordinator_address, "
                     "--num_processes and --process_id.") from None
+
+
+def use_compilation_cache(folder: str | None = None) -> str | None:
+  """Turns on JAX's persistent compilation cache in `folder`: a second run or a resume of
+  the same configuration loads its compiled steps instead of compiling them again. None:
+  $NLM_JAX_COMPILATION_CACHE, else nlm_jax/xla in the user's cache folder; "none": off.
+  Returns the folder, None when off or not writable (then it compiles as before)."""
+  if folder is None:
+    user_cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    folder = os.environ.get(CACHE_ENV) or os.path.join(user_cache, "nlm_jax", "xla")
+  if folder.lower() in ("", "none"):
+    return None
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError:
+    return None
+  if not os.access(folder, os.W_OK | os.X_OK):
+    return None
+  jax.config.update("jax_compilation_cache_dir", folder)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # the eval step too
+  if not _cache_hits:
+    _cache_hits.append(0)
+    jax.monitoring.register_event_listener(_count_cache_hits)
+  return folder
+
+
+def _count_cache_hits(event: str, **kwargs: Any) -> None:
+  if event == "/jax/compilation_cache/cache_hits":
+    _cache_hits[0] += 1
 
 
 def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
@@ -275,12 +306,13 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
     check_writable(cfg.results_path, "results", "--results_dir")
 
   # Evaluation subsets with windows and masks drawn once: fixed inputs and targets.
+  n_train_eval, n_valid_eval = sampler_lib.eval_sizes(len(train_fa), len(valid_fa), cfg.n_eval)
   encoding = sampler_lib.encoding_for(cfg)
   valid_set = sampler_lib.eval_set(
-      valid_fa, sampler_lib.eval_indices(len(valid_fa), cfg.n_eval, cfg.valid_seed), encoding,
+      valid_fa, sampler_lib.eval_indices(len(valid_fa), n_valid_eval, cfg.valid_seed), encoding,
       seed=cfg.seed + 1)
   train_set = sampler_lib.eval_set(
-      train_fa, sampler_lib.eval_indices(len(train_fa), cfg.n_eval, cfg.seed), encoding,
+      train_fa, sampler_lib.eval_indices(len(train_fa), n_train_eval, cfg.seed), encoding,
       seed=cfg.seed + 2)
   _check_targets(valid_set, "validation", cfg.valid_path)
   _check_targets(train_set, "training", cfg.train_path)
@@ -297,8 +329,8 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
   log.info("process %d of %d, %d devices (%s), %s, %s; experiment %s", jax.process_index(),
            jax.process_count(), n_devices, platform, cfg.precision, allocator.describe(),
            cfg.exp_name)
-  log.info("training on %d sequences of %s, validating on %d of %s", len(train_fa),
-               cfg.train_path, min(cfg.n_eval, len(valid_fa)), cfg.valid_path)
+  log.info("training on %d sequences of %s, validating on %d of %s; evaluating %d training "
+           "sequences", len(train_fa), cfg.train_path, n_valid_eval, cfg.valid_path, n_train_eval)
 
   init_key, dropout_key = jax.random.split(jax.random.key(cfg.seed))
   state = init_state(cfg, mesh, init_key)
@@ -325,16 +357,19 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
   sampler = sampler_lib.TrainSampler(train_fa, cfg, encoding, jax.process_index(),
                                      jax.process_count())
   spe = sampler.steps_per_epoch
-  t0 = time.perf_counter()
+  t0, hits = time.perf_counter(), _cache_hits[:1]
   train_step = make_train_step(cfg, mesh, encoding.token_nucs).lower(
       state, to_device(encoding.empty_rows(cfg.batch_size // jax.process_count()), mesh),
       dropout_key).compile()
-  eval_step = make_eval_step(cfg, mesh, encoding.token_nucs)
+  eval_step = make_eval_step(cfg, mesh, encoding.token_nucs).lower(
+      state.params, to_device(encoding.empty_rows(eval_rows // jax.process_count()), mesh)
+  ).compile()
+  compile_s, cached = time.perf_counter() - t0, _cache_hits[:1] != hits
   flops = step_flops(train_step)
   peak = matmul_peak_flops(model_lib.compute_dtype(cfg), jax.local_devices()[0])
-  log.info("%s parameters; train step compiled in %.1f s; %d steps per epoch; %.3g FLOP "
-               "per step and device, matmul peak %.3g FLOP/s", f"{n_params:,}",
-               time.perf_counter() - t0, spe, flops, peak)
+  log.info("%s parameters; train and eval steps compiled in %.1f s%s; %d steps per epoch; "
+           "%.3g FLOP per step and device, matmul peak %.3g FLOP/s", f"{n_params:,}", compile_s,
+           " (from the compilation cache)" if cached else "", spe, flops, peak)
   tb = None
   if writer:
     from tensorboardX import SummaryWriter  # event files next to history.csv
@@ -358,15 +393,19 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
     old_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.set())
   stream = prefetch(all_batches())
   run_start = time.perf_counter()
+  seconds = {"training": 0.0, "evaluation": 0.0}
   try:
     for epoch in range(first_epoch, cfg.epochs):
       epoch_start = time.perf_counter()
       pending: list[tuple[int, dict[str, jax.Array]]] = []
       sums = {"loss_sum": 0.0, "count": 0.0, "grad_norm": 0.0, "steps": 0}
       start_step = first_step if epoch == first_epoch else 0
+      real_nucleotides = 0
       for step in range(start_step, spe):
         # Dispatch is asynchronous: the next batch is sampled while this step runs.
-        state, metrics = train_step(state, to_device(next(stream), mesh), dropout_key)
+        batch = next(stream)
+        real_nucleotides += encoding.real_nucleotides(batch) * jax.process_count()
+        state, metrics = train_step(state, to_device(batch, mesh), dropout_key)
         pending.append((step, metrics))
         done = epoch * spe + step + 1
         stop = (multihost_utils.reached_preemption_sync_point(done) if multihost
@@ -387,6 +426,8 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
       for split, data in (("train", train_set), ("valid", valid_set)):
         figures = evaluate(eval_step, state.params, data, mesh, eval_rows, encoding)
         row.update({f"{k}|{split}": v for k, v in figures.items()})
+      seconds["training"] += train_seconds
+      seconds["evaluation"] += time.perf_counter() - epoch_start - train_seconds
       rows.append(row)
       improved = row["Accuracy|valid"] > best
       best = max(best, row["Accuracy|valid"])
@@ -394,6 +435,8 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
       steps_per_s = (spe - start_step) / train_seconds
       throughput = {"steps_per_s": steps_per_s, "samples_per_s": steps_per_s * cfg.batch_size,
                     "nucleotides_per_s": steps_per_s * cfg.batch_size * encoding.window,
+                    # what other tools count: padding and a window's unused part excluded
+                    "real_nucleotides_per_s": real_nucleotides / train_seconds,
                     "mfu": flops * steps_per_s / peak}
       if writer:
         history_lib.write_csv(os.path.join(cfg.results_path, "history.csv"), rows)
@@ -411,9 +454,10 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
       figures = " ".join(f"{k} {row[k]:.4f}" for k in history_lib.COLUMNS
                          if cfg.is_token or not k.startswith("Nuc"))
       log.info(
-          "epoch %d/%d | %s%s | %.1f steps/s, %.0f samples/s, %.3g nt/s, MFU %.1f%% | %s "
-          "elapsed, %s left", epoch + 1, cfg.epochs, figures, " (best)" if improved else "",
-          steps_per_s, throughput["samples_per_s"], throughput["nucleotides_per_s"],
+          "epoch %d/%d | %s%s | %.1f steps/s, %.0f samples/s, %.3g nt/s (%.3g real nt/s), "
+          "MFU %.1f%% | %s elapsed, %s left", epoch + 1, cfg.epochs, figures,
+          " (best)" if improved else "", steps_per_s, throughput["samples_per_s"],
+          throughput["nucleotides_per_s"], throughput["real_nucleotides_per_s"],
           100 * throughput["mfu"], _duration(elapsed),
           _duration(elapsed / (epoch + 1 - first_epoch) * (cfg.epochs - epoch - 1)))
   finally:
@@ -423,8 +467,9 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
     checkpointer.close()
     if tb is not None:
       tb.close()
-  log.info("training finished in %.1f s; best Accuracy|valid %.4f; checkpoint in %s",
-               time.perf_counter() - run_start, best, cfg.checkpoint_path)
+  log.info("training finished in %.1f s (training %.1f s, evaluation %.1f s); best "
+           "Accuracy|valid %.4f; checkpoint in %s", time.perf_counter() - run_start,
+           seconds["training"], seconds["evaluation"], best, cfg.checkpoint_path)
   return rows
 
 

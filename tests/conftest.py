@@ -1,7 +1,13 @@
 """Test set-up: 8 fake CPU devices (set before JAX starts) and generated FASTA files."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
+# The commands the tests run share one compilation cache, never the user's (~/.cache).
+os.environ["NLM_JAX_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="nlm_jax_test_xla_cache_")
+atexit.register(shutil.rmtree, os.environ["NLM_JAX_COMPILATION_CACHE"], ignore_errors=True)
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 

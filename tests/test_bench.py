@@ -14,6 +14,14 @@ TRAIN_KEYS = {
     "flops_per_step", "flops_source", "flops_per_step_6nd", "achieved_flops_per_s",
     "peak_flops_per_s", "peak_matmul_n", "peak_matmul_iters", "peak_dtype", "mfu",
     "host_load_1m", "allocator", "sampler_samples_per_s", "sampler_vs_train"}
+E2E_KEYS = {
+    "kind", "config", "data", "n_train", "n_valid", "flags", "allocator", "compilation_cache",
+    "compiled_from_cache", "wall_s", "user_s", "sys_s", "minor_faults", "max_rss_bytes",
+    "startup_s", "train_s", "eval_s", "other_s", "exit_s", "train_real_nucleotides_per_s",
+    "accuracy_valid", "host_load_1m"}
+# The e2e command at a tiny size: one epoch of two steps.
+TINY_E2E = ("--epochs=1,--n_samples_per_epoch=16,--d_model=16,--n_kernels=16,--N=1,--h=2,"
+            "--context_length=16,--kernel_size=3,--n_eval=64")
 FASTA_KEYS = {
     "kind", "config", "generate_s", "file_bytes", "n_sequences", "index_s", "stream_s",
     "batches", "rows_per_s", "distinct_sequences", "index_span", "max_rss_bytes",
@@ -38,14 +46,14 @@ def test_bench_demo(tmp_path):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env["JAX_PLATFORMS"] = "cpu"
   out = subprocess.run(
-      [sys.executable, "-m", "nlm_jax.bench", "--configs=demo_conv", "--steps=2", "--warmup=1",
+      [sys.executable, "-m", "nlm_jax.bench", "--configs=demo_conv,e2e", "--steps=2", "--warmup=1",
        "--fasta_gb=0.01", "--stream_s=1", "--sampler_s=0.3", "--peak_n=1024",
-       f"--bench_dir={tmp_path}"],
+       f"--bench_dir={tmp_path}", f"--e2e_flags={TINY_E2E}"],
       capture_output=True, text=True, env=env, timeout=300, check=False)
   assert out.returncode == 0, out.stderr[-3000:]
   lines = out.stdout.strip().splitlines()
-  assert len(lines) == 2, out.stdout
-  train, stream = (json.loads(line) for line in lines)
+  assert len(lines) == 4, out.stdout
+  train, cold, warm, stream = (json.loads(line) for line in lines)
 
   assert set(train) == TRAIN_KEYS
   assert train["kind"] == "train" and train["config"] == "demo_conv"
@@ -67,3 +75,16 @@ def test_bench_demo(tmp_path):
     for x in numbers(record):
       assert math.isfinite(x) and x > 0, record
   assert "[bench]" in out.stderr  # progress for people goes to stderr
+
+  for record, cache in ((cold, "cold"), (warm, "warm")):
+    assert set(record) == E2E_KEYS
+    assert record["kind"] == "e2e" and record["compilation_cache"] == cache
+    assert record["compiled_from_cache"] == (cache == "warm")
+    assert record["n_train"] == 2186 and record["n_valid"] == 500
+    assert record["flags"].endswith(TINY_E2E.replace(",", " "))
+    parts = [record[k] for k in ("startup_s", "train_s", "eval_s", "other_s", "exit_s")]
+    assert min(parts) >= 0 and math.isclose(sum(parts), record["wall_s"], rel_tol=1e-6)
+    assert record["user_s"] > 0 and record["minor_faults"] > 0 and record["max_rss_bytes"] > 0
+    assert 0 < record["accuracy_valid"] < 1 and record["train_real_nucleotides_per_s"] > 0
+    if sys.platform == "linux":
+      assert record["allocator"] == "malloc: mimalloc"

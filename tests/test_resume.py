@@ -123,8 +123,11 @@ def test_damaged_newest_checkpoint_falls_back_to_the_one_before(data, uninterrup
 
 def test_changed_settings_are_refused_and_fresh_keeps_the_old_folder(data, tmp_path):
   short = [f for f in FLAGS if not f.startswith("--epochs")] + ["--epochs=1"]
-  base = [sys.executable, "-m", "nlm_jax.pretrain", *data]
-  assert subprocess.run(base + short, cwd=tmp_path, env=env(), capture_output=True).returncode == 0
+  base = [sys.executable, "-m", "nlm_jax.pretrain", *data,
+          f"--compilation_cache={tmp_path / 'xla_cache'}"]  # a new cache: the first run compiles
+  first = subprocess.run(base + short, cwd=tmp_path, env=env(), capture_output=True, text=True)
+  assert first.returncode == 0, first.stderr[-2000:]
+  assert "steps compiled in" in first.stderr and "from the compilation cache" not in first.stderr
   snapshot = sorted(os.listdir(tmp_path / "M" / NAME))
   out = subprocess.run(base + short + ["--p_mlm=0.2"], cwd=tmp_path, env=env(),
                        capture_output=True, text=True)
@@ -136,6 +139,7 @@ def test_changed_settings_are_refused_and_fresh_keeps_the_old_folder(data, tmp_p
   out = subprocess.run(base + short[:-1] + ["--epochs=2"], cwd=tmp_path, env=env(),
                        capture_output=True, text=True)
   assert out.returncode == 0 and "from epoch 2" in out.stderr
+  assert "steps compiled in" in out.stderr and "(from the compilation cache)" in out.stderr
   # --fresh starts anew and keeps the old folder aside.
   out = subprocess.run(base + short + ["--p_mlm=0.2", "--fresh"], cwd=tmp_path, env=env(),
                        capture_output=True, text=True)

@@ -135,6 +135,33 @@ def test_fewer_validation_records_use_all():
   assert sorted(sampler.eval_indices(30, 2500, 42)) == list(range(30))
 
 
+@pytest.mark.parametrize("n_train, n_valid, n_eval, sizes", [
+    (2186, 500, 2500, (500, 500)),  # the training subset is as large as the validation one
+    (2186, 3000, 2500, (2186, 2500)),  # at most all training records
+    (100, 500, 2500, (100, 500)),
+    (2186, 500, 200, (200, 200)),  # --n_eval sets both
+    (5000, 5000, 2500, (2500, 2500)),  # lncRNA-Py's sizes
+])
+def test_eval_sizes_follow_lncrnapy(n_train, n_valid, n_eval, sizes):
+  assert sampler.eval_sizes(n_train, n_valid, n_eval) == sizes
+
+
+def test_real_nucleotides_exclude_padding_and_special_tokens(tmp_path):
+  """Conv: every position but padding, masked ones included. k-mers: k per real token
+  before masking (a masked token's nucleotides come from its target), none for CLS/SEP/PAD."""
+  fa = fasta_lib.Fasta(write_fasta(tmp_path / "s.fa", ["ACGTACGTAC", "ACG"]))
+  cfg = cfg_for(kernel_size=3, context_length=8, p_mlm=0.5)
+  conv = sampler.ConvEncoding(cfg)
+  batch = sampler.eval_set(fa, np.arange(2), conv, seed=0)
+  assert (batch["targets"] >= 0).any() and batch["inputs"].shape == (2, 21)
+  assert conv.real_nucleotides(batch) == 10 + 3
+  kcfg = cfg_for(encoding_method="kmer", k=3, context_length=8, p_mlm=0.5)
+  kmer = sampler.encoding_for(kcfg)
+  batch = sampler.eval_set(fa, np.arange(2), kmer, seed=0)
+  assert (batch["inputs"] == 0).any()  # some tokens are masked
+  assert kmer.real_nucleotides(batch) == 3 * 3 + 3  # ACG TAC GTA (C: no token), ACG
+
+
 @pytest.fixture
 def train_fa(tmp_path):
   return fasta_lib.Fasta(write_fasta(tmp_path / "t.fa", random_seqs(50, 5, 400)))
