@@ -296,7 +296,7 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
   if cfg.batch_size % n_devices:
     raise UserError(f"--batch_size {cfg.batch_size} is not divisible by the {n_devices} devices: "
                     f"use a multiple of {n_devices}.")
-  model_lib.check_fits(cfg, cfg.batch_size // n_devices, mesh.devices.flat[0], True,
+  model_lib.check_fits(cfg, cfg.batch_size // n_devices, mesh.local_devices[0], True,
                        "--batch_size (or --context_length)")
   train_fa = fasta_lib.Fasta(cfg.train_path, "training", targets=True)
   valid_fa = fasta_lib.Fasta(cfg.valid_path, "validation", targets=True)
