@@ -38,7 +38,7 @@ from nlm_jax.folders import BPE_FILE, EXPORT_CONFIG, PE_LENGTH, WEIGHTS, lncrnap
 
 LNCRNAPY_CONFIG = folders.CONFIG_FILE
 REEXPORT = "export the model again with python -m nlm_jax.export"
-REDOWNLOAD = "download the folder again (huggingface-cli download NAME --local-dir DIR)"
+REDOWNLOAD = "download the folder again (hf download NAME --local-dir DIR)"
 
 
 def _linear_to(k):  # Flax Dense kernel (in, out) -> torch Linear weight (out, in)
