@@ -10,7 +10,8 @@ All figures come from one process on one machine: compare lines of one run, not 
 
 Configurations (--configs): demo_conv (launch/demo.flags), base_conv (the contract's
 BERT-base defaults: d_model 768, N 12, n_kernels 768, kernel_size 10, context_length
-768, batch_size 8), base_kmer (k-mer k=3 at BERT-base), demo_kmer (k-mer k=3 at demo
+768, batch_size 8; --remat dots, so that the step holds 5.2 GB rather than 12.5 GB of host
+memory), base_kmer (k-mer k=3 at BERT-base, --remat dots), demo_kmer (k-mer k=3 at demo
 size). Their samplers draw from the synthetic demo data (synthetic.write_demo).
 
 Fields of a training line ("kind": "train"):
@@ -18,7 +19,7 @@ Fields of a training line ("kind": "train"):
     as measured; batch_size_requested: the configuration's batch, larger than batch_size
     when --fit_memory halved it to fit the host's memory (CPU only).
   devices: {count, platform, device_kind} of the one-axis data mesh.
-  precision: the --precision asked for; compute_dtype: the operand dtype of most
+  precision: the --precision asked for; remat: the --remat used; compute_dtype: the operand dtype of most
     dot_generals in the lowered train step (what the model really computes in).
   compile_s: seconds of train_step.lower(...).compile().
   step_memory_bytes: what one step holds (arguments, outputs, XLA temporaries), from
@@ -30,9 +31,11 @@ Fields of a training line ("kind": "train"):
     one row ((context_length-1)*kernel_size for conv, (context_length-1)*k for k-mers);
     train_nucleotides_per_s: their product.
   flops_per_step: FLOPs of one step from the compiled step's cost_analysis();
-    flops_source says where it came from ("cost_analysis", or "6*params*tokens" when the
-    analysis is missing or undercounts, e.g. loops); flops_per_step_6nd: 6 * n_params *
-    batch_size * context_length, for reference.
+    flops_source says where it came from ("cost_analysis", or the model's count
+    "6*params*tokens + 12*N*d_model*context*tokens" (PaLM's, attention included, no
+    recomputation) when the analysis is missing or undercounts: it counts the scanned
+    encoder's loop body once); flops_per_step_6nd: 6 * n_params * batch_size *
+    context_length, for reference.
   achieved_flops_per_s: flops_per_step / step_s.
   peak_flops_per_s: best of 5 timings of a jitted chain of peak_matmul_iters
     peak_matmul_n x peak_matmul_n matmuls in peak_dtype (compute_dtype), measured right
@@ -114,7 +117,7 @@ DEMO = dict(encoding_method="conv", d_model=64, N=2, h=4, n_kernels=64, kernel_s
             context_length=64, batch_size=16, n_samples_per_epoch=2000, warmup_steps=300,
             epochs=20, seed=0)
 BASE = dict(encoding_method="conv", d_model=768, N=12, n_kernels=768, kernel_size=10,
-            context_length=768, batch_size=8)
+            context_length=768, batch_size=8, remat="dots")
 CONFIGS: dict[str, dict[str, Any]] = {
     "demo_conv": DEMO,
     "base_conv": BASE,
@@ -161,6 +164,8 @@ _FIT_MEMORY = flags.DEFINE_boolean(
     "fit_memory", True, "On CPU, halve a configuration's batch while its compiled step needs "
     "more than 85% of the available host memory (batch_size then differs from "
     "batch_size_requested).")
+_REMAT = flags.DEFINE_enum("remat", None, ["none", "block", "dots"], "The --remat of every "
+                           "configuration (default: dots at BERT-base, none at demo size).")
 _BENCH_DIR = flags.DEFINE_string("bench_dir", None, "Folder for the demo data and the generated "
                                  "FASTA, kept (and the FASTA reused) between runs; default: a "
                                  "temporary folder, deleted at the end.")
@@ -450,12 +455,15 @@ def train_record(name: str, cfg: Config, warmup: int, steps: int) -> dict[str, A
   del state, batches
   step_s = statistics.median(times)
 
-  flops_6nd = 6.0 * n_params * cfg.batch_size * cfg.context_length
+  tokens = cfg.batch_size * cfg.context_length
+  flops_6nd = 6.0 * n_params * tokens
+  flops_model = flops_6nd + 12.0 * cfg.N * cfg.d_model * cfg.context_length * tokens
+  model_source = "6*params*tokens + 12*N*d_model*context*tokens"
   flops, source = cost_flops(compiled), "cost_analysis"
   if flops is None:
-    flops, source = flops_6nd, "6*params*tokens (no cost_analysis)"
+    flops, source = flops_model, f"{model_source} (no cost_analysis)"
   elif flops < 0.5 * flops_6nd:
-    flops, source = flops_6nd, "6*params*tokens (cost_analysis undercounts)"
+    flops, source = flops_model, f"{model_source} (cost_analysis undercounts)"
 
   peak_dtype = dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
   peak_n = _PEAK_N.value or (2048 if platform == "cpu" else 8192)
@@ -474,7 +482,7 @@ def train_record(name: str, cfg: Config, warmup: int, steps: int) -> dict[str, A
       "batch_size": cfg.batch_size, "batch_size_requested": requested_batch, "n_params": n_params,
       "devices": {"count": int(mesh.devices.size), "platform": platform,
                   "device_kind": devices[0].device_kind},
-      "precision": cfg.precision, "compute_dtype": dtype, "compile_s": compile_s,
+      "precision": cfg.precision, "remat": cfg.remat, "compute_dtype": dtype, "compile_s": compile_s,
       "step_memory_bytes": memory,
       "warmup_steps": warmup, "timed_steps": steps, "step_s": step_s, "step_s_all": times,
       "train_samples_per_s": train_per_s, "nucleotides_per_sample": nucs,
@@ -615,7 +623,8 @@ def main(argv: list[str]) -> None:
         warmup, steps = DEFAULT_STEPS[name]
         warmup = warmup if _WARMUP.value is None else _WARMUP.value
         steps = steps if _STEPS.value is None else _STEPS.value
-        cfg = Config(train_fa, valid_fa, precision=_PRECISION.value, **CONFIGS[name]).validate()
+        kw = dict(CONFIGS[name], **({"remat": _REMAT.value} if _REMAT.value else {}))
+        cfg = Config(train_fa, valid_fa, precision=_PRECISION.value, **kw).validate()
         log(f"{name}: {cfg.encoding_method}, d_model {cfg.d_model}, N {cfg.N}, context "
             f"{cfg.context_length}, batch {cfg.batch_size}; {warmup} warm-up + {steps} timed steps")
         try:

@@ -1,0 +1,55 @@
+"""launch/device_check.sh, the one prepared accelerator check, run as on a machine without
+an accelerator: the same steps at tiny sizes (about a minute on 2 quiet CPU cores)."""
+
+import json
+import os
+import subprocess
+
+from nlm_jax import device_check
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def test_device_check_runs_every_step_at_tiny_sizes(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
+  out = subprocess.run(["bash", os.path.join(ROOT, "launch", "device_check.sh"), str(tmp_path)],
+                       capture_output=True, text=True, env=env, timeout=600, check=False)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  lines = [json.loads(l) for l in out.stdout.splitlines()]
+  with open(tmp_path / "device_check.jsonl") as f:
+    assert [json.loads(l) for l in f] == lines  # the file holds what was printed
+  by_step = {}
+  for record in lines:
+    by_step.setdefault(record["step"], []).append(record)
+  assert list(by_step) == list(device_check.STEPS) + ["summary"]
+  assert by_step["summary"][0]["failed"] == []
+  assert by_step["env"][0]["backend"] == "cpu" and by_step["env"][0]["tiny"] is True
+  attention = by_step["attention"][0]
+  assert attention["ok"] and not attention["fused_cudnn"]  # XLA's path here
+  assert 0 < attention["forward_rel_err"] < 2e-2  # bf16 against float32: close, not equal
+  step = by_step["bf16_step"][0]
+  assert step["ok"] and step["finite"] and step["loss_rel_diff"] > 0
+  for name in ("bench_conv", "bench_kmer"):
+    records = by_step[name]
+    assert [r["batch_size"] for r in records] == [8, 16], records
+    assert all(r["fits"] and 0 < r["mfu"] < 1.5 and r["compute_dtype"] == "bfloat16"
+               for r in records)
+  *tries, answer = by_step["longest_context"]
+  assert tries[0]["trains"] and tries[0]["finite"] and tries[-1]["attention"] == "xla"
+  assert answer["longest_context"] == 128 and "--context_length=128" in answer["flags"]
+  demo = by_step["demo"][0]
+  assert demo["epochs"] == 1 and 0 <= demo["Accuracy|valid"] <= 1 and demo["wall_s"] > 0
+  embed = by_step["embed"][0]
+  assert embed["finite"] and embed["nucleotides_per_s"] > 0
+
+
+def test_a_failing_step_is_one_json_line(monkeypatch, capsys):
+  def broken():
+    yield {"before": 1}
+    raise RuntimeError("the kernel refused\nmore detail")
+
+  monkeypatch.setitem(device_check.STEP_FNS, "env", broken)
+  assert device_check.run_child("env") == 1
+  first, error = (json.loads(l) for l in capsys.readouterr().out.splitlines())
+  assert first["step"] == "env" and first["before"] == 1
+  assert error["step"] == "env" and error["error"] == "RuntimeError: the kernel refused"
