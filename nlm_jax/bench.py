@@ -19,8 +19,9 @@ Fields of a training line ("kind": "train"):
     as measured; batch_size_requested: the configuration's batch, larger than batch_size
     when --fit_memory halved it to fit the host's memory (CPU only).
   devices: {count, platform, device_kind} of the one-axis data mesh.
-  precision: the --precision asked for; remat: the --remat used; compute_dtype: the operand dtype of most
-    dot_generals in the lowered train step (what the model really computes in).
+  precision: the --precision asked for; remat: the --remat used; compute_dtype: the
+    operand dtype of most dot_generals in the lowered train step (what the model really
+    computes in).
   compile_s: seconds of train_step.lower(...).compile().
   step_memory_bytes: what one step holds (arguments, outputs, XLA temporaries), from
     compiled.memory_analysis().
