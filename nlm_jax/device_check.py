@@ -58,6 +58,9 @@ _TINY = flags.DEFINE_boolean("tiny", None, "Tiny sizes (default: when there is n
 _OUT = flags.DEFINE_string("out", None, "Also append every JSON line to this file.")
 _STEP_TIMEOUT = flags.DEFINE_integer("step_timeout_s", 150, "Seconds a step may take.")
 _CHILD = flags.DEFINE_boolean("child", False, "Internal: run the --only step in this process.")
+_DEADLINE = flags.DEFINE_integer("deadline_s", 0, "Stop starting steps (each then prints a "
+                                 "'skipped' error line) this many seconds after the start, and "
+                                 "cut a running step's time to what is left; 0: no deadline.")
 _ISOLATE = flags.DEFINE_boolean("isolate", None, "A process per step (default: unless --tiny).")
 
 DEMO_FLAGS = os.path.join(os.path.dirname(__file__), "..", "launch", "demo.flags")
@@ -468,15 +471,16 @@ def run_child(name: str) -> int:
   return 0
 
 
-def run_isolated(name: str) -> int:
+def run_isolated(name: str, time_left: float) -> int:
   """Runs one step in a child process, passing its JSON lines on; returns its exit status.
-  A child that ends without a line (a crash, a hang) gets an error line."""
+  A child that ends without a line (a crash, a hang) gets an error line; its stderr goes
+  to the --out file's .stderr neighbour."""
   args = [sys.executable, "-m", "nlm_jax.device_check", "--child", f"--only={name}",
           f"--step_timeout_s={_STEP_TIMEOUT.value}", "--isolate"]
   if _TINY.value is not None:
     args.append("--tiny" if _TINY.value else "--notiny")
   # The context search runs each of its tries in a process of its own, with this timeout.
-  timeout = _STEP_TIMEOUT.value * (3 if name == "longest_context" else 1)
+  timeout = min(_STEP_TIMEOUT.value * (3 if name == "longest_context" else 1), time_left)
   try:
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -488,6 +492,9 @@ def run_isolated(name: str) -> int:
   except OSError as e:
     emit({"step": name, "error": first_line(e)})
     return 1
+  if _OUT.value:
+    with open(_OUT.value + ".stderr", "a") as f:
+      f.write(f"==== {name} (exit {proc.returncode})\n" + "\n".join(stderr.splitlines()[-300:]) + "\n")
   lines = [l for l in stdout.splitlines() if l.startswith("{")]
   for line in lines:
     emit(line)
@@ -507,8 +514,14 @@ def main(argv: list[str]) -> None:
   if _OUT.value:
     _sink.append(open(_OUT.value, "a"))  # noqa: SIM115 - held for the run
   start = time.perf_counter()
-  failed = [name for name in _ONLY.value
-            if (run_isolated(name) if isolated() else run_child(name))]
+  failed = []
+  for name in _ONLY.value:
+    left = (_DEADLINE.value - (time.perf_counter() - start)) if _DEADLINE.value else math.inf
+    if left < 5:
+      emit({"step": name, "error": f"skipped: the --deadline_s {_DEADLINE.value} has passed"})
+      failed.append(name)
+    elif run_isolated(name, left) if isolated() else run_child(name):
+      failed.append(name)
   emit({"step": "summary", "seconds": round(time.perf_counter() - start, 1), "failed": failed})
   sys.exit(1 if failed else 0)
 
