@@ -300,7 +300,7 @@ def train_steps(cfg: Any, n: int) -> dict[str, Any]:
   state = train.init_state(cfg, mesh, jax.random.key(0))
   rng = np.random.default_rng(0)
   codes = rng.integers(0, 4, (cfg.batch_size, cfg.n_nucleotides)).astype(np.uint8)
-  targets = np.where(rng.random(codes.shape) < 0.15, codes, -1).astype(np.int8)
+  targets = np.where(rng.random(codes.shape) < 0.15, codes.astype(np.int8), np.int8(-1))
   batch = train.to_device({"inputs": codes, "targets": targets}, mesh)
   t0 = time.perf_counter()
   compiled = train.make_train_step(cfg, mesh).lower(state, batch, jax.random.key(1)).compile()

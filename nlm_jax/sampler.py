@@ -142,7 +142,8 @@ def mask_conv(codes_BxN: np.ndarray, rng: np.random.Generator, cfg: Config) -> B
   masked_BxN = np.zeros((n_rows, n), dtype=bool)
   masked_BxN[rows, masked] = True
   inputs_BxN[masked_BxN & is_target_BxN] = fasta_lib.N
-  targets_BxN = np.where(selected_BxN & is_target_BxN, codes_BxN, IGNORE).astype(np.int8)
+  # int8 before np.where: NumPy 2.5 refuses -1 as a uint8 (NEP 50).
+  targets_BxN = np.where(selected_BxN & is_target_BxN, codes_BxN.astype(np.int8), IGNORE)
   return {"inputs": inputs_BxN, "targets": targets_BxN}
 
 
