@@ -119,6 +119,7 @@ class _Reader:
     self.indexable, self.identity, self.targets = True, "", 0
     self._crlf: bool | None = None
     self._lines = 0
+    self._opened = False  # a header was seen: sequence before it would be no FASTA
 
   def __iter__(self) -> Iterator[tuple[list[str], np.ndarray, np.ndarray | None]]:
     crc, size, rest = 0, 0, b""
@@ -159,9 +160,10 @@ class _Reader:
     letters_L = (ends + 1 - starts) - space_L
     letters_L[is_header] = 0
     record_L = np.cumsum(is_header)  # 0: the record the block continues
-    if self._lines == len(starts) and letters_L[record_L == 0].any():
+    if not self._opened and letters_L[record_L == 0].any():
       raise UserError(f"{self.what} file {self.path!r} is not FASTA (it does not start with a "
                       "'>' header line): pass a FASTA file.")
+    self._opened |= bool(is_header.any())
     self._check_indexable(buf, starts, ends, is_header, letters_L, space_L)
     self.targets += int(np.add.reduceat(_TARGET[buf], starts, dtype=np.int64)[~is_header].sum())
     counts = np.bincount(record_L, weights=letters_L, minlength=len(names) + 1).astype(np.int64)

@@ -423,8 +423,6 @@ ERROR_CASES = {
                                           "--model_dir=/proc/nope",
                                           fragments=["results folder", "/proc/nope",
                                                      "--results_dir"]),
-    "results_under_proc": _args("train.fa", "valid.fa", "--results_dir=/proc/nope",
-                                fragments=["results folder", "/proc/nope", "--results_dir"]),
     "model_under_proc": _args("train.fa", "valid.fa", "--model_dir=/proc/nope",
                               fragments=["model folder", "/proc/nope", "--model_dir"]),
     # A batch that could never fit: refused before XLA tries.

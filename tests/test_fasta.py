@@ -63,6 +63,7 @@ def test_read_only_folder(tmp_path):
     (b"\n  \n", "no records"),
     (b"hello world\n", "not FASTA"),
     (b">a\nACGT\n>b\n>c\nAC\n", "without sequence (b)"),
+    (b"  >a\nACGT\n", "not FASTA"),  # an indented '>' opens no record
 ])
 def test_bad_files(tmp_path, content, fragment):
   path = tmp_path / "x.fa"
