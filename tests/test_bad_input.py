@@ -726,6 +726,42 @@ def test_bpe_on_a_full_disk_is_one_line_error(tmp_path, small_disk):
   assert os.listdir(small_disk) == ["filler"]
 
 
+@pytest.mark.parametrize("error, fragments", [
+    # XLA's text for a device allocation that failed (GPU/TPU), and the host's MemoryError.
+    (RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 80.00GiB."),
+     ["out of memory", "80.00GiB", "lower --batch_size (or --context_length)"]),
+    (MemoryError(), ["out of memory (MemoryError)", "lower --batch_size"]),
+    (OSError(28, "No space left on device"), ["no space left on the disk", "free disk space"]),
+])
+def test_errors_from_below_are_one_line(capsys, error, fragments):
+  from nlm_jax import cli
+
+  with pytest.raises(SystemExit) as exit_:
+    with cli.one_line_errors("nlm_jax.pretrain", "--batch_size (or --context_length)"):
+      raise error
+  assert exit_.value.code == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(PREFIX), lines
+  for fragment in fragments:
+    assert fragment in lines[0], lines[0]
+
+
+def test_library_records_about_a_full_disk_are_dropped():
+  import logging
+
+  from nlm_jax import cli
+
+  def record(name, message, exc=None):
+    return logging.LogRecord(name, logging.ERROR, "x.py", 1, message, None,
+                             (type(exc), exc, None) if exc else None)
+
+  deep = ValueError("commit failed")
+  deep.__context__ = OSError(28, "No space left on device")
+  assert cli._says_disk_full(record("orbax", "Save Finalize thread failed", deep))
+  assert cli._says_disk_full(record("asyncio", "RESOURCE_EXHAUSTED: [os_error_code='28']"))
+  assert not cli._says_disk_full(record("orbax", "Failed to restore", ValueError("shape")))
+
+
 # ---------------------------------------------------------------------- handled cases
 
 
