@@ -33,6 +33,7 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
@@ -231,12 +232,30 @@ class Checkpointer:
       multihost_utils.sync_global_devices("nlm_jax.checkpoint: model folder looked at")
     if not cfg.fresh:  # read-only checks first: a refused run changes nothing
       self._check_resumable(cfg, data, exists)
-    self._lock = RunLock(path) if self.is_writer else None
+    self._lock = self._take_lock()
     try:
       self._open(cfg, data, exists)
     except BaseException:
       self._release()
       raise
+
+  def _take_lock(self) -> RunLock | None:
+    """Process 0 takes the lock; with several processes all learn whether it could, so
+    none is left waiting in a collective for a process that stopped."""
+    lock, error = None, None
+    if self.is_writer:
+      try:
+        lock = RunLock(self.path)
+      except UserError as e:
+        error = e
+    if jax.process_count() > 1:
+      failed = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+      if failed and error is None:
+        raise UserError(f"process 0 could not take the model folder {self.path!r} (its error "
+                        "line says why): fix that, then start all processes again.")
+    if error is not None:
+      raise error
+    return lock
 
   def _check_resumable(self, cfg: Config, data: dict[str, str], exists: bool) -> None:
     if not exists and not os.path.isfile(os.path.join(self.path, CONFIG_FILE)):

@@ -123,3 +123,34 @@ def test_two_processes_train_as_one_process_with_two_devices_conv(tmp_path, data
 
 def test_two_processes_train_as_one_process_with_two_devices_kmer(tmp_path, data):
   check(tmp_path, data, TINY_FLAGS + ["--encoding_method=kmer", "--k=3"])
+
+
+def test_a_locked_model_folder_stops_every_process_at_once(tmp_path, data):
+  """Another run holds the folder: process 0 says so in one line and process 1 stops too,
+  instead of waiting in a collective for process 0."""
+  train_fa, valid_fa = data
+  folder = tmp_path / "M2" / "MLM_conv_nm32_sm3_dm32_N1_h2_bs8_ws4_cl16_d0"
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time; from nlm_jax.checkpoint import RunLock; "
+       "RunLock(sys.argv[1]); print('locked', flush=True); time.sleep(300)", str(folder)],
+      stdout=subprocess.PIPE, text=True, env=env_with(None))
+  procs = []
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    port = free_port()
+    dist = ["--results_dir=R2", "--model_dir=M2", "--distributed",
+            f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
+    start_s = time.monotonic()
+    procs = [start(tmp_path, [train_fa, valid_fa, *TINY_FLAGS, *dist, f"--process_id={i}"],
+                   env_with(None), f"process{i}") for i in range(2)]
+    for p, _ in procs:  # not finish(): it kills the others once one has failed
+      p.wait(timeout=120)
+    (rc0, err0), (rc1, err1) = [(p.returncode, (err.seek(0), err.read())[1]) for p, err in procs]
+    assert time.monotonic() - start_s < 120
+  finally:
+    for p in [holder] + [p for p, _ in procs]:
+      p.kill()
+      p.wait()
+  assert rc0 == 2 and f"in use by process {holder.pid}" in err0, err0[-3000:]
+  assert rc1 == 2 and "process 0 could not take the model folder" in err1, err1[-3000:]
+  assert "Traceback" not in err0 + err1
