@@ -425,6 +425,7 @@ def train_record(name: str, cfg: Config, warmup: int, steps: int) -> dict[str, A
   (right after, so that a shared host's load weighs on both alike) and the sampler."""
   import jax
 
+  from nlm_jax import model as model_lib
   from nlm_jax import train
 
   mesh = train.make_mesh()
@@ -458,7 +459,7 @@ def train_record(name: str, cfg: Config, warmup: int, steps: int) -> dict[str, A
 
   tokens = cfg.batch_size * cfg.context_length
   flops_6nd = 6.0 * n_params * tokens
-  flops_model = flops_6nd + 12.0 * cfg.N * cfg.d_model * cfg.context_length * tokens
+  flops_model = model_lib.train_flops(cfg, n_params, cfg.batch_size)
   model_source = "6*params*tokens + 12*N*d_model*context*tokens"
   flops, source = cost_flops(compiled), "cost_analysis"
   if flops is None:

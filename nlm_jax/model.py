@@ -351,6 +351,15 @@ def mlm_loss(logits_BxNxV: jax.Array, targets_BxN: jax.Array, label_smoothing: f
   return sums
 
 
+def train_flops(cfg: Config, n_params: int, rows: int) -> float:
+  """FLOPs of one train step on `rows` rows as PaLM counts them for MFU: 6 per parameter and
+  position (forward and backward) plus 12 * N * d_model * context per position (attention);
+  recomputation under --remat is not counted. (XLA's cost analysis counts the scanned
+  encoder's loop body once.)"""
+  positions = rows * cfg.context_length
+  return 6.0 * n_params * positions + 12.0 * cfg.N * cfg.d_model * cfg.context_length * positions
+
+
 def activation_bytes(cfg: Config, rows: int, train: bool) -> int:
   """A lower bound of the memory one step's activations take on a device that holds `rows`
   rows: the widest of one layer's tensors (model width, feed-forward, attention scores),

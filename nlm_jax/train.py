@@ -228,13 +228,6 @@ def matmul_peak_flops(dtype: jnp.dtype, device: jax.Device | None = None) -> flo
   return 2 * n ** 3 / best
 
 
-def step_flops(compiled: Any) -> float:
-  """FLOPs of one call of a compiled program (one device's share), from XLA's cost model."""
-  costs = compiled.cost_analysis()
-  costs = costs[0] if isinstance(costs, (list, tuple)) else costs
-  return float((costs or {}).get("flops", 0.0))
-
-
 def prefetch(batches: Iterator[sampler_lib.Batch], depth: int = 4) -> Iterator[sampler_lib.Batch]:
   """Samples ahead in a background thread, at most `depth` batches, so the step loop
   does not wait on the host. The thread owns the sampler (and its pyfastx handle)."""
@@ -365,7 +358,7 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
       state.params, to_device(encoding.empty_rows(eval_rows // jax.process_count()), mesh)
   ).compile()
   compile_s, cached = time.perf_counter() - t0, _cache_hits[:1] != hits
-  flops = step_flops(train_step)
+  flops = model_lib.train_flops(cfg, n_params, cfg.batch_size // n_devices)
   peak = matmul_peak_flops(model_lib.compute_dtype(cfg), jax.local_devices()[0])
   log.info("%s parameters; train and eval steps compiled in %.1f s%s; %d steps per epoch; "
            "%.3g FLOP per step and device, matmul peak %.3g FLOP/s", f"{n_params:,}", compile_s,

@@ -231,3 +231,9 @@ def test_bf16_keeps_the_residual_stream_in_float32():
   assert y.dtype == jnp.float32
   text = jax.jit(lambda p, x: block.apply(p, x, jnp.array([16, 9]))).lower(params, x).as_text()
   assert "bf16" in text  # the matmuls
+
+
+def test_train_flops_count_parameters_and_attention():
+  """PaLM's count at BERT-base conv, batch 8: 6 * 85,709,572 parameters * 6,144 positions
+  plus 12 * 12 layers * 768 * 768 positions * 6,144 positions."""
+  assert model_lib.train_flops(Config("t", "v"), 85_709_572, 8) == 3_159_597_662_208 + 521_838_526_464
