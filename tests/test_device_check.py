@@ -5,11 +5,14 @@ import json
 import os
 import subprocess
 
+import pytest
+
 from nlm_jax import device_check
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
+@pytest.mark.slow  # about 20 small compilations: a minute or more on 2 CPU cores
 def test_device_check_runs_every_step_at_tiny_sizes(tmp_path):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
   out = subprocess.run(["bash", os.path.join(ROOT, "launch", "device_check.sh"), str(tmp_path)],
