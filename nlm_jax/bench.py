@@ -1,6 +1,6 @@
 r"""Throughput benchmark: train step, matmul peak, host sampler and FASTA streaming, side by side.
 
-  .venv/bin/python -m nlm_jax.bench     # every configuration: about 8 min on 2 CPU cores
+  .venv/bin/python -m nlm_jax.bench     # every configuration: about 9.5 min on 2 CPU cores
   .venv/bin/python -m nlm_jax.bench --configs=demo_conv --steps=20 --fasta_gb=0
   .venv/bin/python -m nlm_jax.bench --configs=e2e,e2e_system --fasta_gb=0   # the whole command
 
