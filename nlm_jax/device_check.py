@@ -365,10 +365,11 @@ def _one_context(context: int, remat: str, attention: str) -> dict[str, Any]:
     out = subprocess.run(args, capture_output=True, text=True, timeout=_STEP_TIMEOUT.value)
   except subprocess.TimeoutExpired:
     return {**head, "trains": False, "error": f"timed out after {_STEP_TIMEOUT.value} s"}
-  lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
-  if lines:
-    return json.loads(lines[-1])
-  return {**head, "trains": False, "error": _last_error(out.stderr, out.returncode)}
+  lines = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
+  if lines and "trains" in lines[-1]:
+    return lines[-1]
+  error = lines[-1].get("error") if lines else _last_error(out.stderr, out.returncode)
+  return {**head, "trains": False, "error": error}
 
 
 _CONTEXT_TRY = flags.DEFINE_string("context_try", None, "Internal: CONTEXT,REMAT,ATTENTION.")
