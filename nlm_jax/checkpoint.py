@@ -266,7 +266,8 @@ class Checkpointer:
       changes = ", ".join(f"--{k} {getattr(old, k)!r} -> {getattr(cfg, k)!r}" for k in diff)
       raise UserError(f"model folder {self.path!r} holds a run with other settings ({changes}): "
                       "rerun with its settings to resume, add --fresh to start anew (the old "
-                      "folder is kept), or choose another --exp_prefix or --model_dir.")
+                      "folder is kept aside), or keep both runs by giving this one another "
+                      "--exp_prefix.")
     if exists:
       _check_data(self.path, data)
 

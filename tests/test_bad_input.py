@@ -577,7 +577,8 @@ def test_model_folder_with_other_settings_is_one_line_error(tmp_path, finished_r
   copy_run(finished_run, tmp_path)
   before = snapshot(tmp_path)
   proc = run_pretrain(tmp_path, "train.fa", "valid.fa", *TINY, "--p_mlm=0.2")
-  assert_one_line_error(proc, [os.path.join("M", EXP), "--p_mlm 0.15 -> 0.2", "--fresh"])
+  assert_one_line_error(proc, [os.path.join("M", EXP), "--p_mlm 0.15 -> 0.2", "--fresh",
+                              "keep both runs", "--exp_prefix"])
   assert_unchanged(before, snapshot(tmp_path))
 
 
