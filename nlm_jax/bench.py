@@ -401,7 +401,7 @@ def compile_fitting(cfg: Config, mesh: Any) -> tuple[Config, Any, Any, Any, floa
     # The state first: its optimizer and apply_fn are part of the compiled step's signature.
     state = train.init_state(cfg, mesh, jax.random.key(cfg.seed))
     t0 = time.perf_counter()
-    lowered = train.make_train_step(cfg, mesh, encoding.token_nucs).lower(
+    lowered = train.make_train_step(cfg, mesh).lower(
         state, batch, jax.random.key(1))
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t0

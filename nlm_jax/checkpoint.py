@@ -1,5 +1,6 @@
 """Checkpoints with orbax: one folder per experiment, one preservation policy that keeps
-the best-Accuracy|valid checkpoint and the latest (resume) checkpoint.
+the best checkpoint (Accuracy|valid; F1 (macro)|valid when fine-tuning) and the latest
+(resume) checkpoint.
 
 model_dir/exp_name.lock   held (flock) by the run writing the folder: one writer at a time
 model_dir/exp_name/
@@ -42,6 +43,8 @@ from nlm_jax import model as model_lib
 from nlm_jax.config import Config, UserError
 
 log = logging.getLogger(__name__)  # cli.quiet_libraries keeps nlm_jax's loggers
+# orbax stores the best-metric of a save under this key; fine-tuning stores its F1 (macro)|valid
+# there too (the key is what every existing folder holds).
 METRIC = "Accuracy|valid"
 NO_METRIC = -1.0  # saves inside an epoch: never "best"
 CONFIG_FILE = "config.json"

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import sys
 import threading
+import time
 from typing import Callable, Iterator
 
 from absl import app
@@ -115,3 +116,29 @@ def run(main: Callable[[list[str]], None], prog: str,
       main(argv)
 
   app.run(guarded, flags_parser=parser or flags_parser(prog))
+
+
+class Progress:
+  """A progress bar on stdout (a line every 10% when stdout is no terminal)."""
+
+  def __init__(self, total_nt: int, total_records: int):
+    self.total_nt, self.total_records = total_nt, total_records
+    self.start = time.perf_counter()
+    self.tty = sys.stdout.isatty()
+    self.next_line = 0.1
+
+  def update(self, nt: int, records: int) -> None:
+    done = nt / max(self.total_nt, 1)
+    if not self.tty and done < self.next_line and records < self.total_records:
+      return
+    self.next_line = done + 0.1
+    elapsed = time.perf_counter() - self.start
+    left = elapsed / done * (1 - done) if done > 0 else 0.0
+    bar = "#" * int(30 * done) + "." * (30 - int(30 * done))
+    line = (f"[{bar}] {records:,}/{self.total_records:,} records, "
+            f"{nt / max(elapsed, 1e-9):.3g} nt/s, {elapsed:.0f} s elapsed, {left:.0f} s left")
+    print(("\r" if self.tty else "") + line, end="" if self.tty else "\n", flush=True)
+
+  def close(self) -> None:
+    if self.tty:
+      print()

@@ -28,31 +28,51 @@ class UserError(Exception):
   """Bad input from the user: reported as one line, without a traceback."""
 
 
-def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
-  """Defines every flag of the pre-training contract (pretrain-cli.md) on `fv`."""
+def define_flags(fv: flags.FlagValues = flags.FLAGS, task: str = "mlm") -> None:
+  """Defines on `fv` every flag of the pre-training contract (pretrain-cli.md), or with
+  task "cls" those of lncRNA-Py's fine-tuning script (its `train`), same names and
+  defaults."""
   d = dict(flag_values=fv)
-  flags.DEFINE_string("exp_prefix", "MLM", "Added prefix to model/experiment name.", **d)
+  mlm = task == "mlm"
+  flags.DEFINE_string("exp_prefix", "MLM" if mlm else "CLS", "Added prefix to model/experiment name.", **d)
   flags.DEFINE_enum("encoding_method", "conv", ENCODINGS, "Sequence encoding method.", **d)
-  flags.DEFINE_integer("epochs", 500, "Number of epochs to pre-train for.", **d)
+  flags.DEFINE_integer("epochs", 500 if mlm else 100,
+                       f"Number of epochs to {'pre-train' if mlm else 'train'} for.", **d)
   flags.DEFINE_integer("n_samples_per_epoch", 10000, "Number of training samples per epoch.", **d)
   flags.DEFINE_integer("batch_size", 8, "Number of samples per optimization step (global, over all devices).", **d)
-  flags.DEFINE_integer(
-      "warmup_steps", 8,
-      "Number of optimization steps in which learning rate increases linearly. After this "
-      "amount of steps, the learning rate decreases proportional to the inverse square root "
-      "of the step number.", **d)
+  if mlm:
+    flags.DEFINE_integer(
+        "warmup_steps", 8,
+        "Number of optimization steps in which learning rate increases linearly. After this "
+        "amount of steps, the learning rate decreases proportional to the inverse square root "
+        "of the step number.", **d)
+  else:
+    flags.DEFINE_string(
+        "pretrained_model", "",
+        "Fine-tunes this pre-trained model (a folder written by nlm_jax.pretrain or "
+        "nlm_jax.export) instead of training one from scratch: its encoding, architecture, "
+        "tokenizer and context length come with it (a conflicting flag is an error).", **d)
+    flags.DEFINE_float("learning_rate", 1e-5, "Learning rate of the Adam optimizer (constant).", **d)
+    flags.DEFINE_float("weight_decay", 0.0, "Weight decay of the Adam optimizer (L2, as torch.optim.Adam).", **d)
   flags.DEFINE_integer("d_model", 768, "BERT embedding dimensionality.", **d)
   flags.DEFINE_integer("N", 12, "Number of BERT transformer blocks.", **d)
   flags.DEFINE_integer("d_ff", None, "Number of nodes in BERT FFN sublayers (default 4*d_model).", **d)
   flags.DEFINE_integer("h", None, "Number of BERT self-attention heads (default d_model/64, at least 1).", **d)
-  flags.DEFINE_float("dropout", 0.0, "Dropout probability in MLM output head.", **d)
+  flags.DEFINE_float("dropout", 0.0, f"Dropout probability in {'MLM' if mlm else 'CLS'} output head.", **d)
+  if not mlm:
+    flags.DEFINE_list(
+        "hidden_cls_layers", [],
+        "Comma-separated numbers of nodes of ReLU-activated layers between the pooled "
+        "embedding and the output, e.g. 256,128 (default: none).", **d)
   flags.DEFINE_integer("n_kernels", 768, "Number of kernels when convolutional sequence encoding is used.", **d)
-  flags.DEFINE_integer("kernel_size", 10, "Kernel size when convolutional sequence encoding is used.", **d)
+  flags.DEFINE_integer("kernel_size", 10 if mlm else 9,
+                       "Kernel size when convolutional sequence encoding is used.", **d)
   flags.DEFINE_string("bpe_file", "", "Filepath to BPE model generated with the BPE script. Required when Byte Pair Encoding is used.", **d)
   flags.DEFINE_integer("k", 6, "Specifies k when k-mer encoding is used.", **d)
-  flags.DEFINE_float("p_mlm", 0.15, "Selection probability per token/nucleotide in MLM.", **d)
-  flags.DEFINE_float("p_mask", 0.8, "Mask probability for a selected token/nucleotide.", **d)
-  flags.DEFINE_float("p_random", 0.1, "Random replacement probability for a selected token/nucleotide.", **d)
+  if mlm:
+    flags.DEFINE_float("p_mlm", 0.15, "Selection probability per token/nucleotide in MLM.", **d)
+    flags.DEFINE_float("p_mask", 0.8, "Mask probability for a selected token/nucleotide.", **d)
+    flags.DEFINE_float("p_random", 0.1, "Random replacement probability for a selected token/nucleotide.", **d)
   flags.DEFINE_integer(
       "context_length", 768,
       "Number of input positions, CLS included. For conv encoding this means "
@@ -61,20 +81,35 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_string("results_dir", "", "Parent directory of the results folder (empty: the working directory).", **d)
   flags.DEFINE_string(
       "model_dir", None,
-      "Directory where to save the pre-trained model; the checkpoint with the highest "
-      "validation accuracy is kept (default <data_dir>/models).", **d)
-  flags.DEFINE_integer("mask_size", 1, "Number of contiguous nucleotides that make up a mask.", **d)
+      f"Directory where to save the {'pre-trained' if mlm else 'trained'} model; the checkpoint "
+      f"with the highest {'validation accuracy' if mlm else 'F1 (macro)|valid'} is kept "
+      "(default <data_dir>/models).", **d)
+  if mlm:
+    flags.DEFINE_integer("mask_size", 1, "Number of contiguous nucleotides that make up a mask.", **d)
+  else:
+    flags.DEFINE_boolean("no_weighted_loss", False,
+                         "Turns off the weighting of the pcRNA loss by n_ncRNA / n_pcRNA of the "
+                         "training set (the correction for class imbalance).", **d)
   flags.DEFINE_boolean("no_random_reading_frame", False, "Turns off sampling in a random reading frame for conv encoding.", **d)
+  if not mlm:
+    flags.DEFINE_boolean(
+        "freeze_network", False,
+        "Freezes every weight of the pre-trained model (only the head trains) and classifies "
+        "the mean embedding instead of CLS. Needs --pretrained_model.", **d)
+    flags.DEFINE_boolean("freeze_kernels", False,
+                         "Freezes the convolutional sequence encoding weights of the pre-trained "
+                         "model. Needs --pretrained_model and conv encoding.", **d)
   flags.DEFINE_boolean(
       "input_linear", None,
       "Forces a linear projection of kernels onto d_model dimensions in conv encoding "
       "(default: only when n_kernels != d_model).", **d)
   flags.DEFINE_boolean("no_input_relu", False, "Turns off the ReLU activation of kernels in conv encoding.", **d)
-  flags.DEFINE_boolean(
-      "no_output_linear", False,
-      "Removes the linear projection of embeddings onto n_kernels dimensions before the "
-      "masked-convolution output layer.", **d)
-  flags.DEFINE_boolean("output_relu", False, "Adds a ReLU activation of embeddings before the masked-convolution output layer.", **d)
+  if mlm:
+    flags.DEFINE_boolean(
+        "no_output_linear", False,
+        "Removes the linear projection of embeddings onto n_kernels dimensions before the "
+        "masked-convolution output layer.", **d)
+    flags.DEFINE_boolean("output_relu", False, "Adds a ReLU activation of embeddings before the masked-convolution output layer.", **d)
   flags.DEFINE_integer("seed", 0, "Seed of every random draw (data order, windows, masks, initialisation, dropout).", **d)
   flags.DEFINE_enum(
       "attention", "auto", ATTENTIONS,
@@ -100,17 +135,18 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       "fresh", False,
       "Start anew although model_dir/exp_name holds a checkpoint: the old folder is kept, "
       "renamed with a .replaced-<time> suffix.", **d)
-  flags.DEFINE_string(
-      "init_from", "",
-      "Start from the parameters of this model folder (of nlm_jax.pretrain or nlm_jax.export, "
-      "or a pre-trained model of lncRNA-Py's save_pretrained), with a fresh optimizer and "
-      "learning-rate schedule. The architecture is the folder's: a flag that sets it otherwise "
-      "is an error. Not under --data_dir.", **d)
-  flags.DEFINE_integer(
-      "n_eval", 2500,
-      "Sequences in each evaluation subset, as lncRNA-Py: the validation subset holds "
-      "min(n_eval, validation records) (seed 42), the training subset as many training "
-      "records (at most all of them).", **d)
+  if mlm:  # fine-tuning has --pretrained_model, and evaluates on the whole validation set
+    flags.DEFINE_string(
+        "init_from", "",
+        "Start from the parameters of this model folder (of nlm_jax.pretrain or nlm_jax.export, "
+        "or a pre-trained model of lncRNA-Py's save_pretrained), with a fresh optimizer and "
+        "learning-rate schedule. The architecture is the folder's: a flag that sets it otherwise "
+        "is an error. Not under --data_dir.", **d)
+    flags.DEFINE_integer(
+        "n_eval", 2500,
+        "Sequences in each evaluation subset, as lncRNA-Py: the validation subset holds "
+        "min(n_eval, validation records) (seed 42), the training subset as many training "
+        "records (at most all of them).", **d)
   # Runtime flags (not part of the Config): the compilation cache, multi-host set-up.
   flags.DEFINE_string(
       "compilation_cache", None,
@@ -168,10 +204,25 @@ class Config:
   fresh: bool = False
   init_from: str = ""
   n_eval: int = 2500
+  # Fine-tuning (task "cls", nlm_jax.finetune): a pcRNA/ncRNA classifier. fasta_train and
+  # fasta_valid then hold the pcRNAs (the positive class), these two the ncRNAs.
+  task: str = "mlm"
+  fasta_nc_train: str = ""
+  fasta_nc_valid: str = ""
+  pretrained_model: str = ""
+  learning_rate: float = 1e-5
+  weight_decay: float = 0.0
+  hidden_cls_layers: tuple[int, ...] = ()
+  no_weighted_loss: bool = False
+  freeze_network: bool = False
+  freeze_kernels: bool = False
   # Not flags of the contract: fixed by lncRNA-Py, kept visible here.
   bpe_vocab_size: int | None = None  # read from --bpe_file by from_flags
   encoder_dropout: float = 0.1  # inside the encoder (the original's BERT default)
   valid_seed: int = 42  # picks the validation subset, as in the original
+
+  def __post_init__(self):  # JSON gives a list: one type, so configurations compare equal
+    object.__setattr__(self, "hidden_cls_layers", tuple(self.hidden_cls_layers))
 
   # Derived values. Properties, so they can never disagree with the fields.
   @property
@@ -224,6 +275,24 @@ class Config:
     return _under(self.data_dir, self.fasta_valid)
 
   @property
+  def nc_train_path(self) -> str:
+    return _under(self.data_dir, self.fasta_nc_train)
+
+  @property
+  def nc_valid_path(self) -> str:
+    return _under(self.data_dir, self.fasta_nc_valid)
+
+  @property
+  def is_classifier(self) -> bool:
+    return self.task == "cls"
+
+  @property
+  def pooling(self) -> str:
+    """What the classifier classifies: the CLS output, or the mean over the real positions
+    when the network is frozen (lncRNA-Py's probing)."""
+    return "mean" if self.freeze_network else "cls"
+
+  @property
   def model_root(self) -> str:
     if self.model_dir is not None:
       return self.model_dir
@@ -231,8 +300,11 @@ class Config:
 
   @property
   def exp_name(self) -> str:
-    """The experiment name of lncRNA-Py (original-behaviour.md 2.3)."""
+    """The experiment name of lncRNA-Py (original-behaviour.md 2.3; for fine-tuning, its
+    train script's)."""
     name = f"{self.exp_prefix}_{self.encoding_method}"
+    if self.is_classifier and self.pretrained_model:
+      name += "_finetuned"
     if self.encoding_method == "kmer":
       name += f"_k{self.k}"
     elif self.encoding_method == "bpe":
@@ -244,6 +316,8 @@ class Config:
       name += f"_dff{self.d_ff}"
     if self.h is not None:
       name += f"_h{self.h}"
+    if self.is_classifier:
+      return name + self._cls_name_tail()
     # `:g` prints 0 and 0.0 alike ("d0"), unlike the original.
     name += f"_bs{self.batch_size}_ws{self.warmup_steps}_cl{self.context_length}_d{self.dropout:g}"
     if self.mask_size != 1:
@@ -256,6 +330,22 @@ class Config:
                          (self.output_relu, "--out_relu")):
         if on:
           name += suffix
+    return name
+
+  def _cls_name_tail(self) -> str:
+    name = f"_bs{self.batch_size}_lr{self.learning_rate:g}_wd{self.weight_decay:g}"
+    name += f"_cl{self.context_length}_d{self.dropout:g}"
+    if self.hidden_cls_layers:  # not in the original's name: runs would share a folder
+      name += "_hl" + "-".join(map(str, self.hidden_cls_layers))
+    conv = self.encoding_method == "conv"
+    for on, suffix in ((self.no_weighted_loss, "--no_weighted_loss"),
+                       (conv and self.no_random_reading_frame, "--no_rrf"),
+                       (self.freeze_network, "--freeze_network"),
+                       (self.freeze_kernels, "--freeze_kernels"),
+                       (conv and self.input_linear is True, "--in_lin"),
+                       (conv and self.no_input_relu, "--no_in_relu")):
+      if on:
+        name += suffix
     return name
 
   @property
@@ -299,10 +389,10 @@ class Config:
       if self.input_linear is False and self.d_model != self.n_kernels:
         raise UserError(f"--noinput_linear needs --n_kernels equal to --d_model ({self.n_kernels} != "
                         f"{self.d_model}): drop --noinput_linear or set --n_kernels {self.d_model}.")
-      if self.mask_size > self.n_nucleotides:
+      if self.task == "mlm" and self.mask_size > self.n_nucleotides:
         raise UserError(f"--mask_size {self.mask_size} exceeds the {self.n_nucleotides} nucleotides of "
                         "a window: lower it.")
-      if int(self.p_mlm / self.mask_size * self.n_nucleotides) < 1:
+      if self.task == "mlm" and int(self.p_mlm / self.mask_size * self.n_nucleotides) < 1:
         raise UserError(f"--p_mlm {self.p_mlm} selects no span in a window of {self.n_nucleotides} "
                         "nucleotides: raise --p_mlm or --context_length, or lower --mask_size.")
     elif self.encoding_method == "kmer" and self.k > 1:
@@ -320,7 +410,27 @@ class Config:
       raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
     if not self.exp_prefix or os.sep in self.exp_prefix:
       raise UserError(f"--exp_prefix must be a non-empty name without '{os.sep}', got {self.exp_prefix!r}.")
+    if self.task == "cls":
+      self._validate_cls()
+    elif self.task != "mlm":
+      raise UserError(f"task must be mlm or cls, got {self.task!r}.")
     return self
+
+  def _validate_cls(self) -> None:
+    if not self.learning_rate > 0:
+      raise UserError(f"--learning_rate must be above 0, got {self.learning_rate}.")
+    if self.weight_decay < 0:
+      raise UserError(f"--weight_decay must be 0 or more, got {self.weight_decay}.")
+    if any(n < 1 for n in self.hidden_cls_layers):
+      raise UserError(f"--hidden_cls_layers must be positive numbers of nodes, got "
+                      f"{','.join(map(str, self.hidden_cls_layers))}.")
+    for name in ("freeze_network", "freeze_kernels"):
+      if getattr(self, name) and not self.pretrained_model:
+        raise UserError(f"--{name} freezes pre-trained weights: add --pretrained_model, or drop "
+                        f"--{name} to train from scratch.")
+    if self.freeze_kernels and self.encoding_method != "conv":
+      raise UserError(f"--freeze_kernels freezes the kernels of conv encoding; this model is "
+                      f"{self.encoding_method}: drop --freeze_kernels.")
 
   def differences(self, other: "Config") -> list[str]:
     """Flags whose values differ, except those a resumed run may change."""
@@ -369,6 +479,47 @@ def from_flags(fv: flags.FlagValues, positional: list[str]) -> Config:
     cfg = folders.with_architecture_of(cfg.init_from, cfg, {n for n in names if n in fv and fv[n].present})
   cfg = cfg.validate()
   if cfg.encoding_method == "bpe":  # the vocabulary size is part of the experiment name
+    from nlm_jax import encodings
+
+    vocab = encodings.BpeTokenizer(cfg.bpe_path, cfg.context_length).vocab_size
+    cfg = dataclasses.replace(cfg, bpe_vocab_size=vocab)
+  return cfg
+
+
+def from_finetune_flags(fv: flags.FlagValues, positional: list[str]) -> Config:
+  """The fine-tuning Config (task "cls") from the flags of define_flags(task="cls") and
+  the four FASTA paths. With --pretrained_model the architecture is the model's, as with
+  pre-training's --init_from: a flag given with another value is an error."""
+  if len(positional) != 4:
+    raise UserError(f"expected four FASTA paths (pcRNA train, ncRNA train, pcRNA valid, ncRNA "
+                    f"valid), got {len(positional)}: {' '.join(positional) or 'none'}. Usage: python "
+                    "-m nlm_jax.finetune PC_TRAIN NC_TRAIN PC_VALID NC_VALID [--pretrained_model DIR]")
+  names = [f.name for f in dataclasses.fields(Config)]
+  values: dict[str, Any] = {n: fv[n].value for n in names if n in fv}
+  try:
+    values["hidden_cls_layers"] = tuple(int(n) for n in fv["hidden_cls_layers"].value)
+  except ValueError:
+    raise UserError(f"--hidden_cls_layers takes comma-separated numbers of nodes, e.g. 256,128; got "
+                    f"{','.join(fv['hidden_cls_layers'].value)}.") from None
+  pc_train, nc_train, pc_valid, nc_valid = positional
+  cfg = Config(fasta_train=pc_train, fasta_valid=pc_valid, task="cls", fasta_nc_train=nc_train,
+               fasta_nc_valid=nc_valid, **values)
+  if cfg.pretrained_model:
+    from nlm_jax import folders
+
+    path, flag = cfg.pretrained_model, "--pretrained_model"
+    try:
+      kind = folders.kind(path)
+    except UserError as e:
+      raise UserError(f"{flag}: {e}") from None
+    if kind == "checkpoint" and folders.read_config(path).is_classifier:
+      raise UserError(f"{flag} {path!r} is a fine-tuned classifier, not a pre-trained model: pass "
+                      "a folder written by nlm_jax.pretrain (or classify with this one: python -m "
+                      "nlm_jax.classify).")
+    given = {n for n in names if n in fv and fv[n].present}
+    cfg = folders.with_architecture_of(path, cfg, given, flag)
+  cfg = cfg.validate()
+  if cfg.encoding_method == "bpe" and cfg.bpe_vocab_size is None:
     from nlm_jax import encodings
 
     vocab = encodings.BpeTokenizer(cfg.bpe_path, cfg.context_length).vocab_size

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import time
 import zipfile
 from typing import Iterator
@@ -31,6 +30,7 @@ import numpy as np
 from absl import flags
 
 from nlm_jax import allocator
+from nlm_jax import cli
 from nlm_jax import fasta as fasta_lib
 from nlm_jax.config import UserError, check_writable
 
@@ -82,32 +82,6 @@ class NpzStream:
       with self.zf.open(f"{name}.npy", "w", force_zip64=True) as f:
         np.lib.format.write_array(f, np.asarray(a), allow_pickle=False)
     self.zf.close()
-
-
-class Progress:
-  """A progress bar on stdout (a line every 10% when stdout is no terminal)."""
-
-  def __init__(self, total_nt: int, total_records: int):
-    self.total_nt, self.total_records = total_nt, total_records
-    self.start = time.perf_counter()
-    self.tty = sys.stdout.isatty()
-    self.next_line = 0.1
-
-  def update(self, nt: int, records: int) -> None:
-    done = nt / max(self.total_nt, 1)
-    if not self.tty and done < self.next_line and records < self.total_records:
-      return
-    self.next_line = done + 0.1
-    elapsed = time.perf_counter() - self.start
-    left = elapsed / done * (1 - done) if done > 0 else 0.0
-    bar = "#" * int(30 * done) + "." * (30 - int(30 * done))
-    line = (f"[{bar}] {records:,}/{self.total_records:,} records, "
-            f"{nt / max(elapsed, 1e-9):.3g} nt/s, {elapsed:.0f} s elapsed, {left:.0f} s left")
-    print(("\r" if self.tty else "") + line, end="" if self.tty else "\n", flush=True)
-
-  def close(self) -> None:
-    if self.tty:
-      print()
 
 
 def _records(path: str) -> Iterator[tuple[str, str]]:
@@ -171,7 +145,7 @@ def embed_fasta(model_dir: str, fasta_path: str, out: str, pooling: str = "mean"
       yield seq
 
   tmp = f"{out}.tmp-{os.getpid()}"
-  progress = Progress(int(lengths.sum()), len(lengths))
+  progress = cli.Progress(int(lengths.sum()), len(lengths))
   stream = None
   try:
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -205,7 +179,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  from nlm_jax import cli
-
   allocator.preload()  # re-executes this command with mimalloc, before JAX loads
   cli.run(main, "nlm_jax.embed")

@@ -4,10 +4,11 @@ lncRNA-Py's own save_pretrained folders alike, through the one mapping `key_map`
 
   python -m nlm_jax.export MODEL_DIR OUT_DIR [--overwrite]
 
-MODEL_DIR is a pre-training folder (model_dir/exp_name); its best checkpoint is exported.
-OUT_DIR receives:
+MODEL_DIR is a pre-training or fine-tuning folder (model_dir/exp_name); its best
+checkpoint is exported. OUT_DIR receives:
   model.safetensors  float32 tensors named and laid out as lncRNA-Py's MaskedConvModel /
-                     MaskedTokenModel name them, in PyTorch layouts: Linear weights
+                     MaskedTokenModel / Classifier name them (the Classifier's head is
+                     `hidden_layers.{i}` and `output`), in PyTorch layouts: Linear weights
                      (out, in), Conv1d (n_kernels, 4, ks), ConvTranspose1d (C, 4, ks);
                      the sinusoidal table as `...pe`
   config.json        lncRNA-Py's constructor arguments of that model
@@ -101,7 +102,11 @@ def key_map(cfg: Config) -> list[tuple[tuple[str, ...], str, str]]:
     dense(block + ("ff_out",), name + "2.lin_2")
     norm(block + ("LayerNorm_1",), name + "3.norm")
   norm(("encoder", "final_norm"), "base_arch.encoder.norm")
-  if cfg.is_token:
+  if cfg.is_classifier:  # lncRNA-Py's Classifier
+    for i in range(len(cfg.hidden_cls_layers)):
+      dense((f"hidden_{i}",), f"hidden_layers.{i}")
+    dense(("output",), "output")
+  elif cfg.is_token:
     dense(("mlm",), "mlm_layer")
   else:
     if not cfg.no_output_linear:

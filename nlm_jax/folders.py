@@ -65,11 +65,17 @@ def lncrnapy_config(cfg: Config) -> dict[str, Any]:
           "h": cfg.n_heads}
   if cfg.is_token:
     base.update(type="BERT", vocab_size=cfg.vocab_size)
+  else:
+    base.update(input_linear=cfg.use_input_linear, input_relu=not cfg.no_input_relu,
+                kernel_size=cfg.kernel_size, n_hidden_kernels=0, n_kernels=cfg.n_kernels,
+                type="CSEBERT")
+  if cfg.is_classifier:  # lncRNA-Py's Classifier
+    return {"base_arch": None, "base_arch_config": base, "dropout": cfg.dropout,
+            "hidden_layers": list(cfg.hidden_cls_layers),
+            "pooling": "mean" if cfg.pooling == "mean" else "CLS", "pred_batch_size": cfg.batch_size}
+  if cfg.is_token:
     return {"base_arch": None, "base_arch_config": base, "dropout": cfg.dropout,
             "pred_batch_size": cfg.batch_size}
-  base.update(input_linear=cfg.use_input_linear, input_relu=not cfg.no_input_relu,
-              kernel_size=cfg.kernel_size, n_hidden_kernels=0, n_kernels=cfg.n_kernels,
-              type="CSEBERT")
   return {"base_arch": None, "base_arch_config": base, "dropout": cfg.dropout,
           "n_hidden_kernels": 0, "output_linear": not cfg.no_output_linear,
           "output_relu": cfg.output_relu, "pred_batch_size": cfg.batch_size}
@@ -210,18 +216,19 @@ def _built_with(cfg: Config, name: str) -> Any:
   return getattr(cfg, resolved.get(name, name))
 
 
-def with_architecture_of(path: str, cfg: Config, given: set[str]) -> Config:
+def with_architecture_of(path: str, cfg: Config, given: set[str], flag: str = "--init_from"
+                         ) -> Config:
   """`cfg` (from flags; `given`: the flags set on the command line or in a flagfile) with
-  the architecture of the model folder `path`, for --init_from. A given flag that differs
-  from the folder is a UserError; the context length stays cfg's (for lncRNA-Py's folders
-  at most its positional table)."""
+  the architecture of the model folder `path`, for --init_from (or fine-tuning's
+  --pretrained_model: `flag`). A given flag that differs from the folder is a UserError;
+  the context length stays cfg's (for lncRNA-Py's folders at most its positional table)."""
   try:
     lncrnapy = kind(path) == "lncrnapy"
     wants_bpe = cfg.bpe_file and ("encoding_method" not in given or cfg.encoding_method == "bpe")
     src = read_config(path, cfg.bpe_path if lncrnapy and wants_bpe else "",
                       cfg.context_length if lncrnapy else None)
   except UserError as e:
-    raise UserError(f"--init_from: {e}") from None
+    raise UserError(f"{flag}: {e}") from None
   for name in _shapes_it(src):
     if name not in given:
       continue
@@ -230,7 +237,7 @@ def with_architecture_of(path: str, cfg: Config, given: set[str]) -> Config:
     else:
       same = _built_with(cfg, name) == _built_with(src, name)
     if not same:
-      raise UserError(f"--{name} {getattr(cfg, name)!r} differs from the model in --init_from "
+      raise UserError(f"--{name} {getattr(cfg, name)!r} differs from the model in {flag} "
                       f"{path!r} ({name} {_built_with(src, name)!r}): drop --{name}, the "
                       "architecture comes from that folder.")
   return dataclasses.replace(cfg, **{n: getattr(src, n) for n in ARCHITECTURE})

@@ -26,14 +26,14 @@ def _replace(path: str, write) -> None:
                     "a writable --results_dir, then run the same command to resume.") from None
 
 
-def write_csv(path: str, rows: list[dict[str, float]]) -> None:
-  """lncRNA-Py's format (an unnamed 0-based index column, values as %.6f) with its four
-  columns and the two NucAccuracy columns."""
+def write_csv(path: str, rows: list[dict[str, float]], columns: tuple[str, ...] = COLUMNS) -> None:
+  """lncRNA-Py's format (an unnamed 0-based index column, values as %.6f); by default its
+  four pre-training columns and the two NucAccuracy columns."""
   def write(tmp):
     with open(tmp, "w") as f:
-      f.write("," + ",".join(COLUMNS) + "\n")
+      f.write("," + ",".join(columns) + "\n")
       for i, row in enumerate(rows):
-        f.write(f"{i}," + ",".join(f"{row[c]:.6f}" for c in COLUMNS) + "\n")
+        f.write(f"{i}," + ",".join(f"{row[c]:.6f}" for c in columns) + "\n")
   _replace(path, write)
 
 
@@ -43,15 +43,22 @@ def read_csv(path: str) -> list[dict[str, float]]:
     return [dict(zip(header, map(float, line.rstrip("\n").split(",")[1:]))) for line in f]
 
 
-def plot(folder: str, rows: list[dict[str, float]]) -> None:
-  """loss.png, accuracy.png and nucaccuracy.png: training and validation curves over
-  epochs 1..E."""
+def file_name(metric: str) -> str:
+  """"F1 (macro)" -> "f1_macro", "Accuracy" -> "accuracy"."""
+  return "_".join("".join(c if c.isalnum() else " " for c in metric.lower()).split())
+
+
+def plot(folder: str, rows: list[dict[str, float]],
+         metrics: tuple[str, ...] = ("Loss", "Accuracy", "NucAccuracy")) -> None:
+  """One plot per metric (loss.png, accuracy.png, nucaccuracy.png for pre-training;
+  f1_macro.png, precision_pcrna.png, ... for fine-tuning): training and validation
+  curves over epochs 1..E."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   epochs = range(1, len(rows) + 1)
-  for metric in ("Loss", "Accuracy", "NucAccuracy"):
+  for metric in metrics:
     fig, ax = plt.subplots(figsize=(6, 4))
     for split, label in (("train", "Training"), ("valid", "Validation")):
       ax.plot(epochs, [r[f"{metric}|{split}"] for r in rows], marker=".", label=label)
@@ -59,6 +66,6 @@ def plot(folder: str, rows: list[dict[str, float]]) -> None:
     ax.set_ylabel(metric)
     ax.legend()  # best placement: a figure legend covered the ends of the curves
     fig.tight_layout()
-    _replace(os.path.join(folder, f"{metric.lower()}.png"),
+    _replace(os.path.join(folder, f"{file_name(metric)}.png"),
              lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)

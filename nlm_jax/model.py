@@ -25,7 +25,7 @@ from nlm_jax.config import Config, UserError
 ONE_HOT = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1],
                     [.25, .25, .25, .25], [0, 0, 0, 0]], dtype=np.float32)
 PAD_CODE = 5
-PAD_ID = 3  # the token PAD (encodings.PAD); the model imports no data code
+CLS_ID, SEP_ID, PAD_ID = 1, 2, 3  # token ids of encodings.py; the model imports no data code
 
 # Initialisers of lncRNA-Py (original 7.4): Glorot-uniform matrices inside the base,
 # PyTorch's default uniform(+-1/sqrt(fan_in)) for biases and for the head.
@@ -315,8 +315,92 @@ class TokenBERT(nn.Module):
     return self.mlm(y_BxLxD)
 
 
+def real_positions(inputs: jax.Array, lengths_B: jax.Array, n_positions: int,
+                   is_token: bool) -> jax.Array:
+  """(B, L) True at the encoder positions that stand for nucleotides: for conv the
+  windows that hold one (a partial last window included), for tokens the sequence's
+  tokens; never CLS, SEP or padding."""
+  if is_token:
+    return (inputs != PAD_ID) & (inputs != CLS_ID) & (inputs != SEP_ID)
+  pos_1xL = jnp.arange(n_positions)[None]
+  return (pos_1xL >= 1) & (pos_1xL < lengths_B[:, None])
+
+
+class Classifier(nn.Module):
+  """lncRNA-Py's Classifier: the base network (the conv stem or the token embedding, and
+  the encoder, with the parameter names of ConvBERT / TokenBERT, so pre-trained weights
+  drop in), the CLS output or the mean over the real positions, dropout, ReLU layers of
+  `hidden_cls_layers` nodes, and one output logit (B,): pcRNA is the positive class."""
+  cfg: Config
+
+  def setup(self):
+    cfg = self.cfg
+    dtype = compute_dtype(cfg)
+    if cfg.is_token:
+      self.embedding = nn.Embed(cfg.vocab_size, cfg.d_model, embedding_init=xavier, dtype=dtype,
+                                param_dtype=jnp.float32)
+    else:
+      self.stem = ConvStem(cfg)
+    self.encoder = Encoder(cfg)
+    self.head_dropout = nn.Dropout(cfg.dropout)
+    widths = (cfg.d_model, *cfg.hidden_cls_layers)
+    # PyTorch's default Linear initialisation, as lncRNA-Py's head.
+    self.hidden = [torch_dense(n, fan_in, dtype, glorot=False)
+                   for n, fan_in in zip(cfg.hidden_cls_layers, widths)]
+    self.output = torch_dense(1, widths[-1], dtype, glorot=False)
+
+  def embed(self, inputs: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+    """Encoder output (B, L, D) and the attended length of each row (B,), as ConvBERT's and
+    TokenBERT's `embed`."""
+    if self.cfg.is_token:
+      lengths_B = jnp.sum(inputs != PAD_ID, axis=1)
+      return self.encoder(self.embedding(inputs), lengths_B, train), lengths_B
+    x_BxLxD, lengths_B = self.stem(inputs)
+    return self.encoder(x_BxLxD, lengths_B, train), lengths_B
+
+  def __call__(self, inputs: jax.Array, train: bool = False) -> jax.Array:
+    y_BxLxD, lengths_B = self.embed(inputs, train)
+    return self.head(y_BxLxD, inputs, lengths_B, train)
+
+  def head(self, y_BxLxD: jax.Array, inputs: jax.Array, lengths_B: jax.Array,
+           train: bool = False) -> jax.Array:
+    """The logit (B,) from the encoder output: pooling, dropout, hidden layers, output."""
+    y_BxLxD = y_BxLxD.astype(jnp.float32)
+    if self.cfg.freeze_network:  # the base is fixed: no gradient to compute through it
+      y_BxLxD = jax.lax.stop_gradient(y_BxLxD)
+    if self.cfg.pooling == "cls":
+      x_BxD = y_BxLxD[:, 0]
+    else:
+      real_BxL = real_positions(inputs, lengths_B, y_BxLxD.shape[1], self.cfg.is_token)
+      count_B = jnp.maximum(jnp.sum(real_BxL, axis=1), 1)
+      x_BxD = jnp.sum(jnp.where(real_BxL[..., None], y_BxLxD, 0.0), axis=1) / count_B[:, None]
+    x_BxD = self.head_dropout(x_BxD, deterministic=not train)
+    for layer in self.hidden:
+      x_BxD = nn.relu(layer(x_BxD))
+    return self.output(x_BxD)[:, 0].astype(jnp.float32)
+
+
 def build(cfg: Config) -> nn.Module:
+  if cfg.is_classifier:
+    return Classifier(cfg)
   return TokenBERT(cfg) if cfg.is_token else ConvBERT(cfg)
+
+
+def bce_loss(logits_B: jax.Array, labels_B: jax.Array, pos_weight: float | jax.Array = 1.0
+             ) -> dict[str, jax.Array]:
+  """Sums over the labelled rows (label 0 or 1; -1 fills a batch), in float32: the loss
+  of PyTorch's BCEWithLogitsLoss(pos_weight) (its mean is loss_sum / count), and the
+  confusion counts of the prediction P(pcRNA) >= 0.5, pcRNA (label 1) positive."""
+  labels_B = labels_B.astype(jnp.int32)
+  weight_B = (labels_B >= 0).astype(jnp.float32)
+  y_B = (labels_B == 1).astype(jnp.float32)
+  x_B = logits_B.astype(jnp.float32)
+  loss_B = -(pos_weight * y_B * jax.nn.log_sigmoid(x_B) + (1 - y_B) * jax.nn.log_sigmoid(-x_B))
+  pred_B = (x_B >= 0).astype(jnp.float32)
+  return {"loss_sum": jnp.sum(loss_B * weight_B), "count": jnp.sum(weight_B),
+          "tp": jnp.sum(pred_B * y_B * weight_B), "fp": jnp.sum(pred_B * (1 - y_B) * weight_B),
+          "fn": jnp.sum((1 - pred_B) * y_B * weight_B),
+          "tn": jnp.sum((1 - pred_B) * (1 - y_B) * weight_B)}
 
 
 def mlm_loss(logits_BxNxV: jax.Array, targets_BxN: jax.Array, label_smoothing: float = 0.0,

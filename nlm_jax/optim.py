@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import optax
 
+CLIP_NORM = 1.0  # lncRNA-Py's global-norm clipping, pre-training and fine-tuning
+
 
 def lr_schedule(d_model: int, warmup_steps: int) -> optax.Schedule:
   """lr(s) = d_model^-0.5 * min(s^-0.5, s * warmup^-1.5) for update s = count + 1.
@@ -24,5 +26,14 @@ def lr_schedule(d_model: int, warmup_steps: int) -> optax.Schedule:
 
 def make_optimizer(d_model: int, warmup_steps: int) -> optax.GradientTransformation:
   return optax.chain(
-      optax.clip_by_global_norm(1.0),
+      optax.clip_by_global_norm(CLIP_NORM),
       optax.adam(lr_schedule(d_model, warmup_steps), b1=0.9, b2=0.98, eps=1e-8))
+
+
+def make_finetune_optimizer(learning_rate: float, weight_decay: float
+                            ) -> optax.GradientTransformation:
+  """Fine-tuning's torch.optim.Adam(lr, weight_decay) (betas 0.9, 0.999; the decay is
+  added to the gradient, L2-style) with a constant rate, after clipping at 1.0."""
+  return optax.chain(optax.clip_by_global_norm(CLIP_NORM),
+                     optax.add_decayed_weights(weight_decay),
+                     optax.adam(learning_rate, b1=0.9, b2=0.999, eps=1e-8))

@@ -169,10 +169,7 @@ class Model:
     y_BxLxD, lengths_B = self.module.apply({"params": params}, inputs, method="embed")
     y_BxLxD = y_BxLxD.astype(jnp.float32)
     pos_1xL = jnp.arange(y_BxLxD.shape[1])[None]
-    if self.cfg.is_token:
-      real_BxL = (inputs != encodings.PAD) & (inputs != encodings.CLS) & (inputs != encodings.SEP)
-    else:
-      real_BxL = (pos_1xL >= 1) & (pos_1xL < lengths_B[:, None])
+    real_BxL = model_lib.real_positions(inputs, lengths_B, y_BxLxD.shape[1], self.cfg.is_token)
     empty_B = ~jnp.any(real_BxL, axis=1)
     real_BxL = jnp.where(empty_B[:, None], pos_1xL == 0, real_BxL)  # then CLS stands in
     masked = jnp.where(real_BxL[..., None], y_BxLxD, 0.0)
@@ -233,12 +230,68 @@ class Model:
     np.add.at(total, owner, weighted)
     return (total / count[:, None]).astype(np.float32)
 
+  # ---- classification ----
+
+  def classify(self, sequences: str | Iterable[str], long_sequences: str = "windows"
+               ) -> np.ndarray:
+    """P(pcRNA) of each sequence, float32 (sequences,), from a fine-tuned classifier
+    (nlm_jax.finetune). A sequence longer than the context is classified over all its
+    windows: their logits are averaged, weighted by their real positions, before the
+    sigmoid; long_sequences="truncate" keeps the first window."""
+    seqs = [sequences] if isinstance(sequences, str) else sequences
+    chunks = list(self.classify_stream(seqs, long_sequences))
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+
+  def classify_stream(self, sequences: Iterable[str], long_sequences: str = "windows",
+                      chunk: int | None = None) -> Iterator[np.ndarray]:
+    """`classify` for any number of sequences: yields the probabilities of consecutive
+    chunks of sequences, in order."""
+    if not self.cfg.is_classifier:
+      raise UserError(f"{self.cfg.exp_name} is a pre-trained (masked language) model, not a "
+                      "classifier: fine-tune it first with python -m nlm_jax.finetune.")
+    if long_sequences not in LONG_SEQUENCES:
+      raise UserError(f"long_sequences must be one of {', '.join(LONG_SEQUENCES)}, got "
+                      f"{long_sequences!r}.")
+    chunk = chunk or 16 * self.batch_size
+    it = iter(sequences)
+    first = 0
+    while seqs := list(itertools.islice(it, chunk)):
+      yield self._classify_chunk(seqs, long_sequences == "truncate", first)
+      first += len(seqs)
+
+  def _classify_fn(self, params: Any, inputs: jax.Array) -> dict[str, jax.Array]:
+    y_BxLxD, lengths_B = self.module.apply({"params": params}, inputs, method="embed")
+    logits_B = self.module.apply({"params": params}, y_BxLxD, inputs, lengths_B, method="head")
+    real_BxL = model_lib.real_positions(inputs, lengths_B, y_BxLxD.shape[1], self.cfg.is_token)
+    return {"logit": logits_B, "count": real_BxL.sum(1).astype(jnp.float32)}
+
+  def _classify_chunk(self, seqs: list[str], truncate: bool, first: int) -> np.ndarray:
+    rows, owner = [], []
+    for i, s in enumerate(seqs):
+      fasta_lib.check_letters(s, f"sequence {first + i + 1}")
+      windows = self._windows(s, truncate)
+      rows += windows
+      owner += [i] * len(windows)
+    logit = np.zeros(len(rows), np.float64)
+    weight = np.zeros(len(rows), np.float64)
+    for idx, res in self._batches(self._jit("classify", self._classify_fn), rows):
+      logit[idx], weight[idx] = res["logit"], np.maximum(res["count"], 1.0)
+    total, norm = np.zeros(len(seqs)), np.zeros(len(seqs))
+    np.add.at(total, owner, logit * weight)
+    np.add.at(norm, owner, weight)
+    return (1 / (1 + np.exp(-total / norm))).astype(np.float32)
+
   # ---- masked prediction ----
+
+  def _check_mlm(self) -> None:
+    if self.cfg.is_classifier:
+      raise UserError(f"{self.cfg.exp_name} is a fine-tuned classifier: it has no masked-language "
+                      "head. Use classify, or the pre-trained model it came from.")
 
   def logits(self, inputs: np.ndarray) -> np.ndarray:
     """MLM logits, float32, for model inputs as the sampler or `encode` makes them:
     nucleotide codes (B, N) -> (B, N', 4) over A, C, G, T (N' = N rounded down to whole
-    kernels); token ids (B, L) -> (B, L, V)."""
+    kernels); token ids (B, L) -> (B, L, V). For a classifier: its logit (B,)."""
     fn = self._jit("logits", lambda params, x: {"logits": self.module.apply(
         {"params": params}, x).astype(jnp.float32)})
     out = None
@@ -254,7 +307,9 @@ class Model:
       if out is None:
         out = np.empty((len(inputs), *res.shape[1:]), np.float32)
       out[first:first + n] = res
-    return out if out is not None else np.zeros((0, 0, 4), np.float32)
+    if out is None:
+      return np.zeros((0,) if self.cfg.is_classifier else (0, 0, 4), np.float32)
+    return out
 
   def _nucleotide_probs_fn(self, params: Any, inputs: jax.Array) -> dict[str, jax.Array]:
     """Per input position, the probability of A, C, G, T at each nucleotide of the
@@ -278,6 +333,7 @@ class Model:
     offset; a "?" that falls in no token (the trailing partial k-mer) gets NaN and "N".
     Other letters as in pre-training (U reads as T, anything else as N).
     """
+    self._check_mlm()
     single = isinstance(sequences, str)
     seqs = [sequences] if single else list(sequences)
     # where: per sequence, its "?" positions and for each the (row, position, offset) to read

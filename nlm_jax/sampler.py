@@ -83,7 +83,7 @@ def windows(lengths: np.ndarray, n_out: int, rng: np.random.Generator | RowRando
   return start, np.minimum(start + n_out, lengths)
 
 
-def read_windows(fa: fasta_lib.Fasta, indices: np.ndarray, n_out: int,
+def read_windows(fa: Source, indices: np.ndarray, n_out: int,
                  rng: np.random.Generator | RowRandom | None, unit: int,
                  random_frame: bool) -> tuple[np.ndarray, np.ndarray]:
   """uint8 codes (B, n_out) of the sequences' windows, PAD after each sequence's end,
@@ -174,8 +174,9 @@ class ConvEncoding:
     self.cfg = cfg
     self.window, self.unit = cfg.n_nucleotides, cfg.kernel_size
 
-  def batch(self, codes_BxN: np.ndarray, ended_B: np.ndarray, rng: np.random.Generator) -> Batch:
-    del ended_B  # conv windows carry no end marker
+  def batch(self, codes_BxN: np.ndarray, ended_B: np.ndarray, rng: np.random.Generator,
+            labels_B: np.ndarray | None = None) -> Batch:
+    del ended_B, labels_B  # conv windows carry no end marker
     return mask_conv(codes_BxN, rng, self.cfg)
 
   def real_nucleotides(self, batch: Batch) -> int:
@@ -198,7 +199,9 @@ class TokenEncoding:
     self.is_nucleotides_V = self.token_nucs[:, 0] >= 0
     self.lengths_V = np.sum(self.token_nucs >= 0, axis=1)  # 0 for special tokens and UNK
 
-  def batch(self, codes_BxN: np.ndarray, ended_B: np.ndarray, rng: np.random.Generator) -> Batch:
+  def batch(self, codes_BxN: np.ndarray, ended_B: np.ndarray, rng: np.random.Generator,
+            labels_B: np.ndarray | None = None) -> Batch:
+    del labels_B
     return mask_tokens(self.tokenizer(codes_BxN, ended_B), rng, self.cfg, self.is_nucleotides_V)
 
   def real_nucleotides(self, batch: Batch) -> int:
@@ -214,10 +217,68 @@ class TokenEncoding:
     return {"inputs": inputs, "targets": np.full_like(inputs, IGNORE)}
 
 
-def encoding_for(cfg: Config) -> ConvEncoding | TokenEncoding:
-  if cfg.is_token:
-    return TokenEncoding(cfg, encodings.tokenizer(cfg))
-  return ConvEncoding(cfg)
+class LabelEncoding:
+  """Classification batches: the windows as model inputs, unmasked, and the class of
+  each sequence (1 pcRNA, 0 ncRNA; -1 in rows that only fill a batch)."""
+
+  token_nucs = None
+
+  def __init__(self, base: ConvEncoding | TokenEncoding):
+    self.base = base
+    self.window, self.unit = base.window, base.unit
+
+  def batch(self, codes_BxN: np.ndarray, ended_B: np.ndarray, rng: np.random.Generator,
+            labels_B: np.ndarray | None = None) -> Batch:
+    del rng  # nothing to draw: the window was drawn by the caller
+    tokenizer = getattr(self.base, "tokenizer", None)
+    inputs = codes_BxN if tokenizer is None else tokenizer(codes_BxN, ended_B)
+    return {"inputs": inputs, "labels": np.asarray(labels_B, dtype=np.int8)}
+
+  def real_nucleotides(self, batch: Batch) -> int:
+    inputs = batch["inputs"]
+    return self.base.real_nucleotides({"inputs": inputs, "targets": np.full(inputs.shape, IGNORE)})
+
+  def empty_rows(self, n_rows: int) -> Batch:
+    return {"inputs": self.base.empty_rows(n_rows)["inputs"],
+            "labels": np.full(n_rows, -1, dtype=np.int8)}
+
+
+Encoding = ConvEncoding | TokenEncoding | LabelEncoding
+
+
+def encoding_for(cfg: Config) -> Encoding:
+  base = TokenEncoding(cfg, encodings.tokenizer(cfg)) if cfg.is_token else ConvEncoding(cfg)
+  return LabelEncoding(base) if cfg.is_classifier else base
+
+
+class TwoClass:
+  """The pcRNA and the ncRNA file of a fine-tuning set as one source, as lncRNA-Py's
+  Data([pcRNA, ncRNA]): records 0..n_pc-1 are the pcRNAs (label 1), the others the
+  ncRNAs (label 0), so the epoch sampler draws from both together, in proportion."""
+
+  def __init__(self, pc: fasta_lib.Fasta, nc: fasta_lib.Fasta):
+    self.pc, self.nc = pc, nc
+    self.lengths = np.concatenate([pc.lengths, nc.lengths])
+    self.labels = np.concatenate([np.ones(len(pc), np.int8), np.zeros(len(nc), np.int8)])
+
+  def __len__(self) -> int:
+    return len(self.lengths)
+
+  @property
+  def pos_weight(self) -> float:
+    """n_ncRNA / n_pcRNA: the weight of the pcRNA loss that balances the classes."""
+    return len(self.nc) / len(self.pc)
+
+  def codes(self, i: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+    n_pc = len(self.pc)
+    return self.pc.codes(i, start, stop) if i < n_pc else self.nc.codes(i - n_pc, start, stop)
+
+
+Source = fasta_lib.Fasta | TwoClass
+
+
+def labels_of(source: Source, indices: np.ndarray) -> np.ndarray | None:
+  return source.labels[indices] if isinstance(source, TwoClass) else None
 
 
 def concat(batches: list[Batch]) -> Batch:
@@ -228,9 +289,9 @@ def concat(batches: list[Batch]) -> Batch:
 class TrainSampler:
   """Yields this host's share of every training batch of an epoch."""
 
-  fa: fasta_lib.Fasta
+  fa: Source
   cfg: Config
-  encoding: ConvEncoding | TokenEncoding
+  encoding: Encoding
   process_index: int = 0
   process_count: int = 1
   _order: tuple[int, np.ndarray] | None = dataclasses.field(default=None, repr=False)
@@ -261,7 +322,7 @@ class TrainSampler:
     rng = RowRandom([rng_for(cfg.seed, epoch, step, first + row) for row in range(len(indices))])
     codes, ended = read_windows(self.fa, indices, enc.window, rng, enc.unit,
                                 not cfg.no_random_reading_frame)
-    batch = enc.batch(codes, ended, rng)
+    batch = enc.batch(codes, ended, rng, labels_of(self.fa, indices))
     if len(indices) < local:
       batch = concat([batch, enc.empty_rows(local - len(indices))])
     return batch
@@ -271,12 +332,11 @@ class TrainSampler:
       yield self.batch(epoch, step)
 
 
-def eval_set(fa: fasta_lib.Fasta, indices: np.ndarray, encoding: ConvEncoding | TokenEncoding,
-             seed: int) -> Batch:
+def eval_set(fa: Source, indices: np.ndarray, encoding: Encoding, seed: int) -> Batch:
   """Fixed windows (the 5' start) and masks drawn once from `seed`: the figures
   computed on this set move only when the model does."""
   codes, ended = read_windows(fa, indices, encoding.window, None, encoding.unit, False)
-  return encoding.batch(codes, ended, rng_for(seed))
+  return encoding.batch(codes, ended, rng_for(seed), labels_of(fa, indices))
 
 
 def eval_sizes(n_train: int, n_valid: int, n_eval: int) -> tuple[int, int]:

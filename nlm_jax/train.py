@@ -24,11 +24,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from nlm_jax import allocator
 from nlm_jax import checkpoint as checkpoint_lib
-from nlm_jax import fasta as fasta_lib
 from nlm_jax import history as history_lib
 from nlm_jax import model as model_lib
-from nlm_jax import optim
 from nlm_jax import sampler as sampler_lib
+from nlm_jax import tasks as tasks_lib
 from nlm_jax.config import Config, UserError, check_writable
 
 log = logging.getLogger(__name__)  # cli.quiet_libraries keeps nlm_jax's loggers
@@ -102,10 +101,12 @@ def abstract_params(cfg: Config) -> Any:
   return jax.eval_shape(lambda: model.init(jax.random.key(0), dummy_inputs(cfg))["params"])
 
 
-def init_state(cfg: Config, mesh: Mesh, key: jax.Array) -> TrainState:
-  """Initialises abstractly first, then materialises the state replicated on the mesh."""
+def init_state(cfg: Config, mesh: Mesh, key: jax.Array,
+               task: tasks_lib.Task | None = None) -> TrainState:
+  """Initialises abstractly first, then materialises the state replicated on the mesh;
+  the optimizer is the task's."""
   model = model_lib.build(cfg)
-  tx = optim.make_optimizer(cfg.d_model, cfg.warmup_steps)
+  tx = (task or tasks_lib.for_config(cfg)).optimizer()
 
   def init(key):
     params = model.init(key, dummy_inputs(cfg))["params"]
@@ -117,24 +118,28 @@ def init_state(cfg: Config, mesh: Mesh, key: jax.Array) -> TrainState:
 
 
 def with_params_from(state: TrainState, path: str, cfg: Config) -> TrainState:
-  """`state` with the parameters of the model folder `path` (--init_from) in place of its
-  own, placed as they were; the optimizer state and the step count stay fresh."""
+  """`state` with the parameters of the model folder `path` (--init_from, or fine-tuning's
+  --pretrained_model: its stem and encoder, the classifier's head stays fresh) in place of
+  its own, placed as they were; the optimizer state and the step count stay fresh."""
   from nlm_jax import export  # reads every kind of model folder
 
-  loaded = export.read_params(path, cfg)
-  # Every process reads the folder; each places its own shards (multi-host safe).
-  return state.replace(params=jax.tree.map(
-      lambda ref, x: jax.make_array_from_callback(ref.shape, ref.sharding,
-                                                  lambda idx: np.asarray(x)[idx]),
-      state.params, loaded))
+  loaded = export.read_params(path, dataclasses.replace(cfg, task="mlm"))
+  params = dict(state.params)
+  for name in params.keys() & loaded.keys():
+    # Every process reads the folder; each places its own shards (multi-host safe).
+    params[name] = jax.tree.map(
+        lambda ref, x: jax.make_array_from_callback(ref.shape, ref.sharding,
+                                                    lambda idx: np.asarray(x)[idx]),
+        params[name], loaded[name])
+  return state.replace(params=params)
 
 
-def make_train_step(cfg: Config, mesh: Mesh, token_nucs: np.ndarray | None = None) -> Callable:
+def make_train_step(cfg: Config, mesh: Mesh, task: tasks_lib.Task | None = None) -> Callable:
   """(state, batch, key) -> (state, metrics): batch sharded over `data`, state replicated
-  and donated, so parameters and optimizer state are updated in place. Token models
-  train with label smoothing 0.1, as lncRNA-Py."""
+  and donated, so parameters and optimizer state are updated in place. The task gives
+  the loss (token models train with label smoothing 0.1, as lncRNA-Py)."""
+  task = task or tasks_lib.for_config(cfg)
   model = model_lib.build(cfg)
-  smoothing = 0.1 if cfg.is_token else 0.0
   replicated = NamedSharding(mesh, P())
   rows = NamedSharding(mesh, P("data"))
 
@@ -142,18 +147,17 @@ def make_train_step(cfg: Config, mesh: Mesh, token_nucs: np.ndarray | None = Non
     dropout_key = jax.random.fold_in(key, state.step)
 
     def loss_fn(params):
-      logits = model.apply({"params": params}, batch["inputs"], train=True,
-                           rngs={"dropout": dropout_key})
-      sums = model_lib.mlm_loss(logits, batch["targets"], smoothing, token_nucs)
-      return sums["train_sum"] / jnp.maximum(sums["count"], 1.0), sums
+      outputs = model.apply({"params": params}, batch["inputs"], train=True,
+                            rngs={"dropout": dropout_key})
+      return task.loss(outputs, batch, train=True)
 
-    (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (objective, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state = state.apply_gradients(grads=grads)
     # A batch without any selected position, or with a non-finite loss or gradient, leaves
     # everything as it was: parameters, Adam's moments and the schedule's step (lncRNA-Py
     # skips the first kind too). The loop stops on the second.
     grad_norm = optax.tree.norm(grads)
-    ok = (sums["count"] > 0) & jnp.isfinite(sums["train_sum"]) & jnp.isfinite(grad_norm)
+    ok = (sums["count"] > 0) & jnp.isfinite(objective) & jnp.isfinite(grad_norm)
     new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
     return new_state, dict(sums, grad_norm=grad_norm)
 
@@ -161,13 +165,14 @@ def make_train_step(cfg: Config, mesh: Mesh, token_nucs: np.ndarray | None = Non
                  out_shardings=(replicated, replicated), donate_argnums=0)
 
 
-def make_eval_step(cfg: Config, mesh: Mesh, token_nucs: np.ndarray | None = None) -> Callable:
+def make_eval_step(cfg: Config, mesh: Mesh, task: tasks_lib.Task | None = None) -> Callable:
+  task = task or tasks_lib.for_config(cfg)
   model = model_lib.build(cfg)
   replicated = NamedSharding(mesh, P())
 
   def step(params, batch):
-    logits = model.apply({"params": params}, batch["inputs"], train=False)
-    return model_lib.mlm_loss(logits, batch["targets"], 0.0, token_nucs)
+    outputs = model.apply({"params": params}, batch["inputs"], train=False)
+    return task.loss(outputs, batch, train=False)[1]
 
   return jax.jit(step, in_shardings=(replicated, NamedSharding(mesh, P("data"))),
                  out_shardings=replicated)
@@ -188,9 +193,10 @@ def process_rows(batch: sampler_lib.Batch) -> sampler_lib.Batch:
 
 
 def evaluate(eval_step: Callable, params: Any, data: sampler_lib.Batch, mesh: Mesh,
-             batch_rows: int, encoding: sampler_lib.ConvEncoding | sampler_lib.TokenEncoding
-             ) -> dict[str, float]:
-  """Loss, Accuracy and NucAccuracy over all selected positions of `data`."""
+             batch_rows: int, task: tasks_lib.Task) -> dict[str, float]:
+  """The task's figures over all of `data` (for MLM: Loss, Accuracy and NucAccuracy over
+  all selected positions)."""
+  encoding = task.encoding
   n = len(data["inputs"])
   totals = None
   for first in range(0, n, batch_rows):
@@ -199,10 +205,7 @@ def evaluate(eval_step: Callable, params: Any, data: sampler_lib.Batch, mesh: Me
       batch = sampler_lib.concat([batch, encoding.empty_rows(batch_rows - len(batch["inputs"]))])
     sums = eval_step(params, to_device(process_rows(batch), mesh))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  t = {k: float(v) for k, v in jax.device_get(totals).items()}
-  count = max(t["count"], 1.0)
-  return {"Loss": t["loss_sum"] / count, "Accuracy": t["correct"] / count,
-          "NucAccuracy": t["nuc_correct"] / max(t["nuc_count"], 1.0)}
+  return task.figures({k: float(v) for k, v in jax.device_get(totals).items()})
 
 
 def _duration(seconds: float) -> str:
@@ -263,15 +266,6 @@ def prefetch(batches: Iterator[sampler_lib.Batch], depth: int = 4) -> Iterator[s
     stop.set()
 
 
-def _check_targets(data: sampler_lib.Batch, what: str, path: str) -> None:
-  """No silent nonsense: an evaluation set without a single target reports Loss 0 and
-  Accuracy 0 every epoch, and its training set would teach nothing."""
-  if not (data["targets"] != sampler_lib.IGNORE).any():
-    raise UserError(f"the {what} set of {path!r} gives no position to predict (its sequences "
-                    "hold too few A, C, G, T, or are too short for the masking): pass longer "
-                    "nucleotide sequences.")
-
-
 def _make_results_folder(cfg: Config) -> None:
   try:
     os.makedirs(cfg.results_path, exist_ok=True)
@@ -281,8 +275,9 @@ def _make_results_folder(cfg: Config) -> None:
 
 
 def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, float]]:
-  """Pre-trains as `cfg` says, resuming from model_dir/exp_name when it holds a checkpoint
-  of the same configuration; returns the history (one row per epoch)."""
+  """Pre-trains or fine-tunes (cfg.task) as `cfg` says, resuming from model_dir/exp_name
+  when it holds a checkpoint of the same configuration; returns the history (one row per
+  epoch)."""
   mesh = make_mesh(devices)
   n_devices = mesh.devices.size
   platform = mesh.devices.flat[0].platform
@@ -293,30 +288,19 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
                     f"use a multiple of {n_devices}.")
   model_lib.check_fits(cfg, cfg.batch_size // n_devices, mesh.local_devices[0], True,
                        "--batch_size (or --context_length)")
-  train_fa = fasta_lib.Fasta(cfg.train_path, "training", targets=True)
-  valid_fa = fasta_lib.Fasta(cfg.valid_path, "validation", targets=True)
+  task = tasks_lib.for_config(cfg)
+  data = task.open_data()  # the FASTA files, evaluation sets drawn once (fixed inputs)
+  encoding = task.encoding
   writer = jax.process_index() == 0
   if writer:
     check_writable(cfg.model_root, "model", "--model_dir")
     check_writable(cfg.results_path, "results", "--results_dir")
-
-  # Evaluation subsets with windows and masks drawn once: fixed inputs and targets.
-  n_train_eval, n_valid_eval = sampler_lib.eval_sizes(len(train_fa), len(valid_fa), cfg.n_eval)
-  encoding = sampler_lib.encoding_for(cfg)
-  valid_set = sampler_lib.eval_set(
-      valid_fa, sampler_lib.eval_indices(len(valid_fa), n_valid_eval, cfg.valid_seed), encoding,
-      seed=cfg.seed + 1)
-  train_set = sampler_lib.eval_set(
-      train_fa, sampler_lib.eval_indices(len(train_fa), n_train_eval, cfg.seed), encoding,
-      seed=cfg.seed + 2)
-  _check_targets(valid_set, "validation", cfg.valid_path)
-  _check_targets(train_set, "training", cfg.train_path)
   eval_rows = cfg.batch_size * (1 if platform == "cpu" else -(-EVAL_ROWS // cfg.batch_size))
 
   if writer:
     _make_results_folder(cfg)
   checkpointer = checkpoint_lib.Checkpointer(
-      cfg.checkpoint_path, cfg, {"training": train_fa.identity, "validation": valid_fa.identity})
+      cfg.checkpoint_path, cfg, data.identities)
   if writer:
     if cfg.encoding_method == "bpe":  # the model folder is complete without --data_dir
       shutil.copyfile(cfg.bpe_path, os.path.join(cfg.checkpoint_path, checkpoint_lib.BPE_FILE))
@@ -324,11 +308,10 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
   log.info("process %d of %d, %d devices (%s), %s, %s; experiment %s", jax.process_index(),
            jax.process_count(), n_devices, platform, cfg.precision, allocator.describe(),
            cfg.exp_name)
-  log.info("training on %d sequences of %s, validating on %d of %s; evaluating %d training "
-           "sequences", len(train_fa), cfg.train_path, n_valid_eval, cfg.valid_path, n_train_eval)
+  log.info(data.description)
 
   init_key, dropout_key = jax.random.split(jax.random.key(cfg.seed))
-  state = init_state(cfg, mesh, init_key)
+  state = init_state(cfg, mesh, init_key, task)
   rows: list[dict[str, float]] = []
   best, first_epoch, first_step = -np.inf, 0, 0
   if checkpointer.resuming:
@@ -339,9 +322,10 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
       first_epoch, first_step = meta["epoch"], meta["step"]
       log.info("resuming %s from epoch %d, step %d", cfg.checkpoint_path, first_epoch + 1,
                    first_step)
-  if cfg.init_from and not (rows or first_step):  # not resumed: a fresh start
-    state = with_params_from(state, cfg.init_from, cfg)
-    log.info("parameters from %s; optimizer and learning-rate schedule start anew", cfg.init_from)
+  source = cfg.init_from or cfg.pretrained_model
+  if source and not (rows or first_step):  # not resumed: a fresh start
+    state = with_params_from(state, source, cfg)
+    log.info("parameters from %s; optimizer and learning-rate schedule start anew", source)
   if first_epoch >= cfg.epochs:
     log.info("%s already holds all %d epochs: nothing to do (raise --epochs to go on)",
                  cfg.checkpoint_path, cfg.epochs)
@@ -349,14 +333,14 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
     return rows
 
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
-  sampler = sampler_lib.TrainSampler(train_fa, cfg, encoding, jax.process_index(),
+  sampler = sampler_lib.TrainSampler(data.train, cfg, encoding, jax.process_index(),
                                      jax.process_count())
   spe = sampler.steps_per_epoch
   t0, hits = time.perf_counter(), _cache_hits[:1]
-  train_step = make_train_step(cfg, mesh, encoding.token_nucs).lower(
+  train_step = make_train_step(cfg, mesh, task).lower(
       state, to_device(encoding.empty_rows(cfg.batch_size // jax.process_count()), mesh),
       dropout_key).compile()
-  eval_step = make_eval_step(cfg, mesh, encoding.token_nucs).lower(
+  eval_step = make_eval_step(cfg, mesh, task).lower(
       state.params, to_device(encoding.empty_rows(eval_rows // jax.process_count()), mesh)
   ).compile()
   compile_s, cached = time.perf_counter() - t0, _cache_hits[:1] != hits
@@ -370,7 +354,8 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
     from tensorboardX import SummaryWriter  # event files next to history.csv
 
     tb = SummaryWriter(cfg.results_path)
-  schedule = optim.lr_schedule(cfg.d_model, cfg.warmup_steps)
+  best_metric = task.best_metric
+  columns = tasks_lib.columns(task.figures_names)
 
   def all_batches():
     for epoch in range(first_epoch, cfg.epochs):
@@ -418,15 +403,15 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
                         f"checkpoint in {cfg.checkpoint_path}; run the same command to go on.")
       train_seconds = time.perf_counter() - epoch_start
       row = {}
-      for split, data in (("train", train_set), ("valid", valid_set)):
-        figures = evaluate(eval_step, state.params, data, mesh, eval_rows, encoding)
+      for split, subset in data.eval_sets.items():
+        figures = evaluate(eval_step, state.params, subset, mesh, eval_rows, task)
         row.update({f"{k}|{split}": v for k, v in figures.items()})
       seconds["training"] += train_seconds
       seconds["evaluation"] += time.perf_counter() - epoch_start - train_seconds
       rows.append(row)
-      improved = row["Accuracy|valid"] > best
-      best = max(best, row["Accuracy|valid"])
-      checkpointer.save((epoch + 1) * spe, state, meta(epoch + 1, 0), row["Accuracy|valid"])
+      improved = row[best_metric] > best
+      best = max(best, row[best_metric])
+      checkpointer.save((epoch + 1) * spe, state, meta(epoch + 1, 0), row[best_metric])
       steps_per_s = (spe - start_step) / train_seconds
       throughput = {"steps_per_s": steps_per_s, "samples_per_s": steps_per_s * cfg.batch_size,
                     "nucleotides_per_s": steps_per_s * cfg.batch_size * encoding.window,
@@ -434,20 +419,19 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
                     "real_nucleotides_per_s": real_nucleotides / train_seconds,
                     "mfu": flops * steps_per_s / peak}
       if writer:
-        history_lib.write_csv(os.path.join(cfg.results_path, "history.csv"), rows)
-        history_lib.plot(cfg.results_path, rows)
+        history_lib.write_csv(os.path.join(cfg.results_path, "history.csv"), rows, columns)
+        history_lib.plot(cfg.results_path, rows, task.figures_names)
         step_count = int(state.step)
         for k, v in row.items():
           tb.add_scalar(k.replace("|", "/"), v, epoch + 1)
         tb.add_scalar("train/batch_loss", sums["loss_sum"] / max(sums["count"], 1), epoch + 1)
         tb.add_scalar("train/grad_norm", sums["grad_norm"] / max(sums["steps"], 1), epoch + 1)
-        tb.add_scalar("train/learning_rate", float(schedule(max(step_count - 1, 0))), epoch + 1)
+        tb.add_scalar("train/learning_rate", task.learning_rate(step_count), epoch + 1)
         for k, v in throughput.items():
           tb.add_scalar(f"throughput/{k}", v, epoch + 1)
         tb.flush()
       elapsed = time.perf_counter() - run_start
-      figures = " ".join(f"{k} {row[k]:.4f}" for k in history_lib.COLUMNS
-                         if cfg.is_token or not k.startswith("Nuc"))
+      figures = " ".join(f"{k} {row[k]:.4f}" for k in task.progress_columns())
       log.info(
           "epoch %d/%d | %s%s | %.1f steps/s, %.0f samples/s, %.3g nt/s (%.3g real nt/s), "
           "MFU %.1f%% | %s elapsed, %s left", epoch + 1, cfg.epochs, figures,
@@ -463,8 +447,8 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
     if tb is not None:
       tb.close()
   log.info("training finished in %.1f s (training %.1f s, evaluation %.1f s); best "
-           "Accuracy|valid %.4f; checkpoint in %s", time.perf_counter() - run_start,
-           seconds["training"], seconds["evaluation"], best, cfg.checkpoint_path)
+           "%s %.4f; checkpoint in %s", time.perf_counter() - run_start,
+           seconds["training"], seconds["evaluation"], best_metric, best, cfg.checkpoint_path)
   return rows
 
 

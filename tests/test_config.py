@@ -88,10 +88,18 @@ def test_every_launch_file_parses_and_says_how_to_run_it(path, tmp_path):
     lines = f.read().splitlines()
   header = [l for l in lines[:12] if l.startswith("#")]
   text = "\n".join(header)
-  assert "python -m nlm_jax.pretrain" in text and "--flagfile=launch/" in text
+  finetune = "python -m nlm_jax.finetune" in text  # else a pre-training launch file
+  assert ("python -m nlm_jax.finetune" if finetune else "python -m nlm_jax.pretrain") in text
+  assert "--flagfile=launch/" in text
   assert "Hardware" in text and "Expect" in text
   # absl keeps a trailing "# comment" as part of the value: none allowed.
   assert not [l for l in lines if l.startswith("--") and "#" in l]
+  if finetune:  # the architecture comes with --pretrained_model: tested in test_finetune.py
+    fv = flags.FlagValues()
+    config.define_flags(fv, task="cls")
+    cfg = config.from_finetune_flags(fv, fv(["finetune", "a", "b", "c", "d", f"--flagfile={path}"])[1:])
+    assert cfg.exp_name.startswith(cfg.exp_prefix + "_" + cfg.encoding_method)
+    return
   overrides = []
   if "--encoding_method=bpe" in lines:  # the BPE file is fitted by the user: make one here
     overrides = [f"--bpe_file={tmp_path / 'x.bpe'}"]

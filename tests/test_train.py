@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import random_seqs, write_fasta
-from nlm_jax import checkpoint, fasta as fasta_lib, history, sampler, synthetic, train
+from nlm_jax import checkpoint, fasta as fasta_lib, history, sampler, synthetic, tasks, train
 from nlm_jax.config import Config
 
 # Whole runs use one of the eight fake devices. XLA's in-process CPU collectives have hit
@@ -128,7 +128,8 @@ def test_run_writes_history_and_best_checkpoint_that_restores(tmp_path):
   encoding = sampler.ConvEncoding(cfg)
   valid = sampler.eval_set(valid_fa, sampler.eval_indices(len(valid_fa), cfg.n_eval, 42), encoding,
                            seed=cfg.seed + 1)
-  figures = train.evaluate(train.make_eval_step(cfg, mesh), params, valid, mesh, 64, encoding)
+  figures = train.evaluate(train.make_eval_step(cfg, mesh), params, valid, mesh, 64,
+                           tasks.MaskedLM(cfg))
   assert figures["Accuracy"] == pytest.approx(best["Accuracy|valid"], abs=1e-6)
   assert figures["Loss"] == pytest.approx(best["Loss|valid"], abs=1e-6)
   assert figures["NucAccuracy"] == figures["Accuracy"]

@@ -1,0 +1,135 @@
+r"""Classifies every record of a FASTA file as pcRNA or ncRNA with a fine-tuned model.
+
+  python -m nlm_jax.classify MODEL_DIR FASTA OUT.csv [--long_sequences windows|truncate]
+      [--batch_size 64] [--precision auto] [--overwrite]
+
+MODEL_DIR is a fine-tuning folder (model_dir/exp_name of nlm_jax.finetune; its best
+checkpoint) or its export. OUT.csv has one row per record, in file order:
+  id        the record's name
+  P(pcRNA)  the probability that it is protein-coding
+  class     pcRNA where P(pcRNA) >= 0.5, else ncRNA (lncRNA-Py's rule)
+A sequence longer than the context is classified over all its windows (their logits
+averaged, weighted by their real positions), or over the first one with
+--long_sequences truncate. Records are streamed, rows written as they come to a
+temporary file renamed when complete; an existing OUT is refused unless --overwrite and
+classify wrote it; OUT inside a model or export folder is refused.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from typing import Iterator
+
+from absl import flags
+
+from nlm_jax import allocator
+from nlm_jax import cli
+from nlm_jax import fasta as fasta_lib
+from nlm_jax.config import UserError, check_writable
+
+HEADER = ("id", "P(pcRNA)", "class")
+
+
+def check_output(out: str, overwrite: bool) -> None:
+  """OUT must be a new .csv, or with --overwrite one that classify wrote, outside any
+  model or export folder."""
+  from nlm_jax.export import holder_of
+
+  if not out.endswith(".csv"):
+    raise UserError(f"OUT {out!r} must end in .csv.")
+  if os.path.isdir(out):
+    raise UserError(f"OUT {out!r} is a folder: pass a file name ending in .csv.")
+  if os.path.lexists(out):
+    if not overwrite:
+      raise UserError(f"OUT {out!r} exists: choose another name or add --overwrite.")
+    if os.path.islink(out) or not _is_classification_file(out):
+      raise UserError(f"OUT {out!r} is no file that classify wrote (--overwrite replaces only "
+                      "those): choose another name.")
+  folder = os.path.dirname(os.path.abspath(out))
+  holder = holder_of(folder)
+  if holder is not None:
+    raise UserError(f"OUT {out!r} lies inside {holder!r}, which holds a model or an export: "
+                    "write it elsewhere.")
+  check_writable(folder, "output", "OUT")
+
+
+def _is_classification_file(path: str) -> bool:
+  try:
+    with open(path, newline="") as f:
+      return next(csv.reader(f), None) == list(HEADER)
+  except (OSError, UnicodeDecodeError):
+    return False
+
+
+def classify_fasta(model_dir: str, fasta_path: str, out: str, long_sequences: str = "windows",
+                   batch_size: int = 64, precision: str = "auto", overwrite: bool = False) -> int:
+  """Writes `out` (see the module docstring); returns the number of records."""
+  check_output(out, overwrite)
+  lengths = fasta_lib.Fasta(fasta_path, "input", random_access=False).lengths  # validates
+  from nlm_jax import pretrained
+
+  model = pretrained.load(model_dir, precision=precision, batch_size=batch_size)
+  if not model.cfg.is_classifier:
+    raise UserError(f"{model_dir!r} holds a pre-trained (masked language) model, not a "
+                    "classifier: fine-tune it first with python -m nlm_jax.finetune.")
+  print(f"classifying {len(lengths):,} records ({int(lengths.sum()):,} nt) of {fasta_path} with "
+        f"{model.cfg.exp_name} ({model.cfg.precision}, {model.mesh.devices.size} device(s))",
+        flush=True)
+  names: list[str] = []
+
+  def sequences() -> Iterator[str]:
+    for name, seq in fasta_lib.records(fasta_path, "input"):
+      fasta_lib.check_letters(seq, f"record {name!r} of {fasta_path!r}")
+      names.append(name)
+      yield seq
+
+  tmp = f"{out}.tmp-{os.getpid()}"
+  progress = cli.Progress(int(lengths.sum()), len(lengths))
+  done = 0
+  try:
+    with open(tmp, "w", newline="") as f:
+      writer = csv.writer(f)
+      writer.writerow(HEADER)
+      for probs in model.classify_stream(sequences(), long_sequences):
+        for name, p in zip(names[done:done + len(probs)], probs, strict=True):
+          writer.writerow((name, f"{p:.6f}", "pcRNA" if p >= 0.5 else "ncRNA"))
+        done += len(probs)
+        progress.update(int(lengths[:done].sum()), done)
+    progress.close()
+    os.replace(tmp, out)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return done
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) != 4:
+    raise UserError(f"expected MODEL_DIR, FASTA and OUT, got {len(argv) - 1} argument(s). Usage: "
+                    "python -m nlm_jax.classify MODEL_DIR FASTA OUT.csv")
+  start = time.perf_counter()
+  f = flags.FLAGS
+  n = classify_fasta(argv[1], argv[2], argv[3], f.long_sequences, f.batch_size, f.precision,
+                     f.overwrite)
+  print(f"wrote {argv[3]}: {n:,} records classified in {time.perf_counter() - start:.1f} s")
+
+
+def define_flags() -> None:
+  """The command's flags; defined only when it runs, so that the module imports beside
+  nlm_jax.embed (whose flags share these names)."""
+  flags.DEFINE_enum("long_sequences", "windows", ["windows", "truncate"],
+                    "Sequences longer than the context: classify over all their windows "
+                    "(logits averaged, weighted by real positions), or the first one.")
+  flags.DEFINE_integer("batch_size", 64, "Rows per device step.", lower_bound=1)
+  flags.DEFINE_enum("precision", "auto", ["auto", "fp32", "bf16"],
+                    "auto: bf16 on GPU/TPU, fp32 on CPU.")
+  flags.DEFINE_bool("overwrite", False, "Replace OUT if it is a CSV that classify wrote.")
+
+
+if __name__ == "__main__":
+  allocator.preload()  # re-executes this command with mimalloc, before JAX loads
+  define_flags()
+  cli.run(main, "nlm_jax.classify")

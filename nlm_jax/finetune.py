@@ -1,0 +1,49 @@
+r"""Fine-tunes a pre-trained nucleotide BERT (or trains one from scratch) to tell
+protein-coding RNAs (pcRNA) from non-coding ones (ncRNA): lncRNA-Py's `train` script.
+
+  python -m nlm_jax.finetune PC_TRAIN NC_TRAIN PC_VALID NC_VALID \
+      --pretrained_model models/MLM_... [--flagfile=launch/finetune_conv.flags]
+
+Flags: `--helpfull`; the same names, meanings and defaults as lncRNA-Py's train script.
+This entry point is intentionally kept short: flags -> Config -> train.run(cfg), the loop
+that pre-training uses.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+
+from nlm_jax import allocator
+from nlm_jax import cli
+from nlm_jax import config
+
+config.define_flags(task="cls")
+flags.adopt_module_key_flags(config)
+FLAGS = flags.FLAGS
+PROG = "nlm_jax.finetune"
+
+
+def main(argv: list[str]) -> None:
+  with cli.one_line_errors(PROG, "--batch_size (or --context_length)"):
+    cfg = config.from_finetune_flags(FLAGS, argv[1:])
+    from nlm_jax import train  # after validation: importing JAX takes a second or two
+
+    train.use_compilation_cache(FLAGS.compilation_cache)
+
+    if FLAGS.distributed:
+      train.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                   FLAGS.process_id)
+
+    cli.quiet_libraries()
+
+    try:
+      train.run(cfg)
+    except train.Stopped as e:
+      print(f"{PROG}: {e}", file=sys.stderr)
+      sys.exit(3)
+
+
+if __name__ == "__main__":
+  allocator.preload()  # re-executes this command with mimalloc, before JAX loads
+  app.run(main, flags_parser=cli.flags_parser(PROG))
