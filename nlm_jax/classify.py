@@ -1,10 +1,11 @@
 r"""Classifies every record of a FASTA file as pcRNA or ncRNA with a fine-tuned model.
 
   python -m nlm_jax.classify MODEL_DIR FASTA OUT.csv [--long_sequences windows|truncate]
-      [--batch_size 64] [--precision auto] [--overwrite]
+      [--batch_size 64] [--precision auto] [--overwrite] [--context_length N] [--bpe_file F]
 
 MODEL_DIR is a fine-tuning folder (model_dir/exp_name of nlm_jax.finetune; its best
-checkpoint) or its export. OUT.csv has one row per record, in file order:
+checkpoint), its export, or a Classifier folder of lncRNA-Py's save_pretrained (such as
+its published lncRNA-BERT-kmer-k3-finetuned). OUT.csv has one row per record, in file order:
   id        the record's name
   P(pcRNA)  the probability that it is protein-coding
   class     pcRNA where P(pcRNA) >= 0.5, else ncRNA (lncRNA-Py's rule)
@@ -64,18 +65,21 @@ def _is_classification_file(path: str) -> bool:
 
 
 def classify_fasta(model_dir: str, fasta_path: str, out: str, long_sequences: str = "windows",
-                   batch_size: int = 64, precision: str = "auto", overwrite: bool = False) -> int:
+                   batch_size: int = 64, precision: str = "auto", overwrite: bool = False,
+                   context_length: int | None = None, bpe_file: str = "") -> int:
   """Writes `out` (see the module docstring); returns the number of records."""
   check_output(out, overwrite)
   lengths = fasta_lib.Fasta(fasta_path, "input", random_access=False).lengths  # validates
   from nlm_jax import pretrained
 
-  model = pretrained.load(model_dir, precision=precision, batch_size=batch_size)
+  model = pretrained.load(model_dir, precision=precision, batch_size=batch_size,
+                          bpe_file=bpe_file, context_length=context_length)
   if not model.cfg.is_classifier:
     raise UserError(f"{model_dir!r} holds a pre-trained (masked language) model, not a "
                     "classifier: fine-tune it first with python -m nlm_jax.finetune.")
   print(f"classifying {len(lengths):,} records ({int(lengths.sum()):,} nt) of {fasta_path} with "
-        f"{model.cfg.exp_name} ({model.cfg.precision}, {model.mesh.devices.size} device(s))",
+        f"{model.cfg.exp_name} (context {model.cfg.context_length}, {model.cfg.precision}, "
+        f"{model.mesh.devices.size} device(s))",
         flush=True)
   names: list[str] = []
 
@@ -113,7 +117,7 @@ def main(argv: list[str]) -> None:
   start = time.perf_counter()
   f = flags.FLAGS
   n = classify_fasta(argv[1], argv[2], argv[3], f.long_sequences, f.batch_size, f.precision,
-                     f.overwrite)
+                     f.overwrite, f.context_length, f.bpe_file)
   print(f"wrote {argv[3]}: {n:,} records classified in {time.perf_counter() - start:.1f} s")
 
 
@@ -127,6 +131,11 @@ def define_flags() -> None:
   flags.DEFINE_enum("precision", "auto", ["auto", "fp32", "bf16"],
                     "auto: bf16 on GPU/TPU, fp32 on CPU.")
   flags.DEFINE_bool("overwrite", False, "Replace OUT if it is a CSV that classify wrote.")
+  flags.DEFINE_integer("context_length", None, "Positions of a window, CLS included (default: "
+                       "the model's; 768 for lncRNA-Py's folders, which do not store it).",
+                       lower_bound=2)
+  flags.DEFINE_string("bpe_file", "", "The .bpe file of a lncRNA-Py BPE model (nlm_jax's "
+                      "folders hold their own).")
 
 
 if __name__ == "__main__":

@@ -507,17 +507,8 @@ def from_finetune_flags(fv: flags.FlagValues, positional: list[str]) -> Config:
   if cfg.pretrained_model:
     from nlm_jax import folders
 
-    path, flag = cfg.pretrained_model, "--pretrained_model"
-    try:
-      kind = folders.kind(path)
-    except UserError as e:
-      raise UserError(f"{flag}: {e}") from None
-    if kind == "checkpoint" and folders.read_config(path).is_classifier:
-      raise UserError(f"{flag} {path!r} is a fine-tuned classifier, not a pre-trained model: pass "
-                      "a folder written by nlm_jax.pretrain (or classify with this one: python -m "
-                      "nlm_jax.classify).")
     given = {n for n in names if n in fv and fv[n].present}
-    cfg = folders.with_architecture_of(path, cfg, given, flag)
+    cfg = folders.with_architecture_of(cfg.pretrained_model, cfg, given, "--pretrained_model")
   cfg = cfg.validate()
   if cfg.encoding_method == "bpe" and cfg.bpe_vocab_size is None:
     from nlm_jax import encodings

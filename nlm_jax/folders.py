@@ -103,13 +103,11 @@ def _token_encoding(vocab_size: int, bpe_file: str, config_path: str) -> dict[st
 
 def config_from_lncrnapy(stored: dict[str, Any], config_path: str, pe_length: int = PE_LENGTH,
                          bpe_file: str = "", context_length: int | None = None) -> Config:
-  """The Config of a lncRNA-Py MaskedConvModel or MaskedTokenModel from its config.json
-  (`stored`); `pe_length`: rows of its positional table, the longest context it allows."""
+  """The Config of a lncRNA-Py MaskedConvModel, MaskedTokenModel or Classifier from its
+  config.json (`stored`); `pe_length`: rows of its positional table, the longest context
+  it allows."""
   base = stored.get("base_arch_config") or {}
   arch = base.get("type")
-  if "pooling" in stored or "hidden_layers" in stored:
-    raise UserError(f"{config_path!r} is a lncRNA-Py Classifier: nlm_jax.load and --init_from "
-                    "read its MaskedConvModel and MaskedTokenModel folders (the pre-trained ones).")
   if arch not in ("CSEBERT", "BERT"):
     raise UserError(f"{config_path!r} holds a base architecture of type {arch!r}: nlm_jax reads "
                     "lncRNA-Py's BERT and CSEBERT models.")
@@ -139,6 +137,8 @@ def config_from_lncrnapy(stored: dict[str, Any], config_path: str, pe_length: in
           output_relu=bool(stored.get("output_relu", False)))
     else:
       fields.update(_token_encoding(base["vocab_size"], bpe_file, config_path))
+    if "pooling" in stored or "hidden_layers" in stored:
+      fields.update(_classifier(stored, config_path))
   except KeyError as e:
     raise UserError(f"{config_path!r} lacks the entry {e.args[0]!r}: download the folder "
                     "again.") from None
@@ -147,6 +147,20 @@ def config_from_lncrnapy(stored: dict[str, Any], config_path: str, pe_length: in
   prefix = os.path.basename(os.path.normpath(os.path.dirname(os.path.abspath(config_path))))
   return Config("", "", exp_prefix=prefix or "lncRNA-Py", context_length=context_length,
                 **fields).validate()
+
+
+def _classifier(stored: dict[str, Any], config_path: str) -> dict[str, Any]:
+  """The Config fields of lncRNA-Py's Classifier head: CLS pooling, or the mean of its
+  probing runs (--freeze_network, which lncRNA-Py's folder does not name the pre-trained
+  model of: the folder itself stands in)."""
+  pooling = stored.get("pooling", "CLS")
+  if pooling not in ("CLS", "mean"):
+    raise UserError(f"{config_path!r} is a Classifier with {pooling!r} pooling: nlm_jax's "
+                    "classifiers pool CLS or mean.")
+  fields = {"task": "cls", "hidden_cls_layers": tuple(stored.get("hidden_layers") or ())}
+  if pooling == "mean":
+    fields.update(freeze_network=True, pretrained_model=os.path.dirname(os.path.abspath(config_path)))
+  return fields
 
 
 def _pe_length(weights: str) -> int:
@@ -229,6 +243,9 @@ def with_architecture_of(path: str, cfg: Config, given: set[str], flag: str = "-
                       cfg.context_length if lncrnapy else None)
   except UserError as e:
     raise UserError(f"{flag}: {e}") from None
+  if src.is_classifier:
+    raise UserError(f"{flag} {path!r} is a fine-tuned classifier, not a pre-trained model: pass "
+                    "the pre-trained one (or classify with this one: python -m nlm_jax.classify).")
   for name in _shapes_it(src):
     if name not in given:
       continue

@@ -4,6 +4,7 @@ flags a pre-trained model brings, and a tiny model that learns a planted class
 difference end to end."""
 
 import csv
+import json
 import os
 
 import jax
@@ -355,6 +356,32 @@ def test_exported_classifier_classifies_alike(runs, tmp_path):
   np.testing.assert_allclose(nlm_jax.load(out, devices=RUN_DEVICES).classify(seqs),
                              nlm_jax.load(cls.checkpoint_path, devices=RUN_DEVICES).classify(seqs),
                              atol=1e-6)
+
+
+def test_a_lncrnapy_classifier_folder_classifies_alike(runs, tmp_path):
+  """The export renamed to what lncRNA-Py's Classifier.save_pretrained writes (config.json
+  with pooling and hidden_layers, no nlm_jax.json): nlm_jax.load and nlm_jax.classify read
+  it, with --context_length giving the windows lncRNA-Py's folder does not store."""
+  from nlm_jax import export
+
+  _, files, _, cls, _ = runs
+  folder = export.export(cls.checkpoint_path, str(tmp_path / "lncRNA-BERT-finetuned"))
+  os.remove(os.path.join(folder, "nlm_jax.json"))
+  with open(os.path.join(folder, "config.json")) as f:
+    stored = json.load(f)
+  assert (stored["pooling"], stored["hidden_layers"]) == ("CLS", [])
+  seqs = [s for _, s in fasta_lib_records(files[2])][:6]
+  want = nlm_jax.load(cls.checkpoint_path, devices=RUN_DEVICES).classify(seqs)
+  loaded = nlm_jax.load(folder, devices=RUN_DEVICES, context_length=cls.context_length)
+  assert loaded.cfg.is_classifier and loaded.cfg.hidden_cls_layers == ()
+  np.testing.assert_array_equal(loaded.classify(seqs), want)
+  write_fasta(tmp_path / "in.fa", seqs)
+  proc = run_module("nlm_jax.classify", tmp_path, folder, "in.fa", "out.csv",
+                    f"--context_length={cls.context_length}")
+  assert proc.returncode == 0, proc.stderr
+  with open(tmp_path / "out.csv") as f:
+    p_csv = np.array([float(r[1]) for r in list(csv.reader(f))[1:]])
+  np.testing.assert_allclose(p_csv, want, atol=5e-7)
 
 
 def test_a_pretrained_model_does_not_classify_and_a_classifier_does_not_unmask(runs):

@@ -33,6 +33,8 @@ LNCRNAPY_CONV = {"base_arch": None, "base_arch_config": {
     "input_relu": True, "kernel_size": 9, "n_hidden_kernels": 0, "n_kernels": 64,
     "type": "CSEBERT"}, "dropout": 0.0, "n_hidden_kernels": 0, "output_linear": True,
     "output_relu": False, "pred_batch_size": 8}
+LNCRNAPY_CLASSIFIER = {"base_arch": None, "base_arch_config": LNCRNAPY_CONV["base_arch_config"],
+                       "dropout": 0.0, "hidden_layers": [], "pooling": "CLS", "pred_batch_size": 8}
 LNCRNAPY_TOKEN = {"base_arch": None, "base_arch_config": {
     "N": 2, "d_ff": 256, "d_model": 64, "dropout": 0.1, "h": 1, "type": "BERT",
     "vocab_size": 69}, "dropout": 0.0, "pred_batch_size": 8}
@@ -50,6 +52,13 @@ def test_lncrnapy_config_json_is_read_and_written_verbatim():
   assert (token.encoding_method, token.k, token.vocab_size, token.context_length) == \
       ("kmer", 3, 69, 100)
   assert folders.lncrnapy_config(token) == LNCRNAPY_TOKEN
+  cls = folders.config_from_lncrnapy(LNCRNAPY_CLASSIFIER, "/x/y/config.json")
+  assert (cls.is_classifier, cls.pooling, cls.hidden_cls_layers, cls.encoding_method,
+          cls.context_length) == (True, "cls", (), "conv", 768)
+  assert folders.lncrnapy_config(cls) == LNCRNAPY_CLASSIFIER
+  probe = folders.config_from_lncrnapy({**LNCRNAPY_CLASSIFIER, "pooling": "mean",
+                                        "hidden_layers": [16, 8]}, "/x/y/config.json")
+  assert (probe.pooling, probe.hidden_cls_layers) == ("mean", (16, 8))
   nuc = dict(LNCRNAPY_TOKEN, base_arch_config=dict(LNCRNAPY_TOKEN["base_arch_config"], vocab_size=9))
   assert folders.config_from_lncrnapy(nuc, "c.json").encoding_method == "nuc"
 
@@ -57,7 +66,7 @@ def test_lncrnapy_config_json_is_read_and_written_verbatim():
 @pytest.mark.parametrize("change,fragments", [
     (dict(base_arch_config=dict(LNCRNAPY_TOKEN["base_arch_config"], vocab_size=40)),
      ["40 tokens", "BPE model", "bpe_file"]),
-    (dict(pooling="CLS", hidden_layers=[]), ["Classifier"]),
+    (dict(pooling="max", hidden_layers=[]), ["Classifier with 'max' pooling"]),
     (dict(base_arch_config=dict(LNCRNAPY_TOKEN["base_arch_config"], type="ResNet")),
      ["'ResNet'", "BERT and CSEBERT"]),
     (dict(base_arch_config={"type": "BERT", "N": 2}), ["lacks the entry 'd_model'"]),
@@ -172,7 +181,9 @@ def test_init_from_takes_the_architecture_and_refuses_other_flags(tmp_path):
       ([f"--init_from={kmer}", "--encoding_method=conv"], ["--encoding_method 'conv'"]),
       ([f"--init_from={kmer}", "--context_length=1001"], ["--init_from: context length 1001",
                                                           "at most 1000"]),
-      ([f"--init_from={tmp_path}"], ["--init_from:", "holds no config.json", "expected"])):
+      ([f"--init_from={tmp_path}"], ["--init_from:", "holds no config.json", "expected"]),
+      ([f"--init_from={stub_folder(tmp_path / 'cls', LNCRNAPY_CLASSIFIER)}"],
+       ["is a fine-tuned classifier, not a pre-trained model", "nlm_jax.classify"])):
     with pytest.raises(UserError) as e:
       parse("t.fa", "v.fa", *argv)
     assert "\n" not in str(e.value) and all(f in str(e.value) for f in fragments), str(e.value)
