@@ -1,10 +1,10 @@
 """The model folders nlm_jax reads, told apart and configured without JAX.
 
-  checkpoint  model_dir/exp_name of nlm_jax.pretrain: its config.json (nlm_jax's Config)
-              and orbax checkpoints
+  checkpoint  model_dir/exp_name of nlm_jax.pretrain or nlm_jax.finetune: its config.json
+              (nlm_jax's Config) and orbax checkpoints
   export      python -m nlm_jax.export: nlm_jax.json, model.safetensors, config.json
-  lncrnapy    lncRNA-Py's save_pretrained (MaskedConvModel, MaskedTokenModel): config.json
-              with `base_arch_config`, model.safetensors
+  lncrnapy    lncRNA-Py's save_pretrained (MaskedConvModel, MaskedTokenModel, Classifier):
+              config.json with `base_arch_config`, model.safetensors
 
 lncRNA-Py's config.json holds its wrapper's constructor arguments (original-behaviour.md
 11.3): `lncrnapy_config` writes them from a Config, `config_from_lncrnapy` reads them back.
@@ -37,7 +37,8 @@ EXPECTED = ("expected a folder of nlm_jax.pretrain (config.json and checkpoints)
 
 
 def kind(path: str) -> str:
-  """"checkpoint", "export" or "lncrnapy"; a UserError for anything else."""
+  """The kind of the model folder `path`: "checkpoint", "export" or "lncrnapy"; a
+  UserError for anything else."""
   if not os.path.isdir(path):
     raise UserError(f"model folder {path!r} does not exist: {EXPECTED}.")
   if os.path.isfile(os.path.join(path, EXPORT_CONFIG)):
