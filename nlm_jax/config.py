@@ -20,7 +20,7 @@ ATTENTIONS = ("auto", "xla", "cudnn", "reference")
 REMATS = ("none", "block", "dots")
 # Fields a resumed run may change (more epochs, other save cadence, what the backward pass
 # recomputes) without starting anew.
-RESUMABLE = ("epochs", "checkpoint_every_steps", "fresh", "remat")
+RESUMABLE = ("epochs", "checkpoint_every_steps", "fresh", "remat", "progress")
 MAX_TOKEN_PARAMS = 1_000_000_000  # embedding + output layer: beyond this --k is refused
 
 
@@ -130,11 +130,15 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS, task: str = "mlm") -> None:
   flags.DEFINE_integer(
       "checkpoint_every_steps", 500,
       "Also save the resume checkpoint every this many steps inside an epoch (0: only after "
-      "each epoch and on SIGTERM).", **d)
+      "each epoch and on SIGTERM or Ctrl-C).", **d)
   flags.DEFINE_boolean(
       "fresh", False,
-      "Start anew although model_dir/exp_name holds a checkpoint: the old folder is kept, "
-      "renamed with a .replaced-<time> suffix.", **d)
+      "Start anew although model_dir/exp_name holds a checkpoint: the old model and results "
+      "folders are kept, renamed with a .replaced-<time> suffix.", **d)
+  flags.DEFINE_boolean(
+      "progress", True,
+      "Show each epoch's progress (steps, steps/s, time left) in a line rewritten on the "
+      "terminal; never when stderr is not a terminal (--noprogress: never).", **d)
   if mlm:  # fine-tuning has --pretrained_model, and evaluates on the whole validation set
     flags.DEFINE_string(
         "init_from", "",
@@ -202,6 +206,7 @@ class Config:
   remat: str = "none"
   checkpoint_every_steps: int = 500
   fresh: bool = False
+  progress: bool = True
   init_from: str = ""
   n_eval: int = 2500
   # Fine-tuning (task "cls", nlm_jax.finetune): a pcRNA/ncRNA classifier. fasta_train and

@@ -39,9 +39,13 @@ def main(argv: list[str]) -> None:
 
     try:
       train.run(cfg)
-    except train.Stopped as e:
-      print(f"nlm_jax.pretrain: {e}", file=sys.stderr)
-      sys.exit(3)
+    except train.Stopped as e:  # SIGTERM, Ctrl-C in the training steps, a non-finite loss
+      print(f"{PROG}: {e}", file=sys.stderr)
+      sys.exit(e.status)
+    except KeyboardInterrupt:  # Ctrl-C outside the training steps (set-up, compilation)
+      print(f"{PROG}: interrupted (Ctrl-C); every checkpoint saved so far is whole: run the "
+            "same command to go on from the last one.", file=sys.stderr)
+      sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -208,14 +208,47 @@ def evaluate(eval_step: Callable, params: Any, data: sampler_lib.Batch, mesh: Me
   return task.figures({k: float(v) for k, v in jax.device_get(totals).items()})
 
 
-def _duration(seconds: float) -> str:
-  m, s = divmod(int(seconds), 60)
-  h, m = divmod(m, 60)
-  return f"{h}:{m:02d}:{s:02d}"
-
-
 class Stopped(Exception):
-  """The run stopped early (SIGTERM or a non-finite loss); the message says why and what next."""
+  """The run stopped early (a signal or a non-finite loss); the message says why and what
+  next, `status` is the exit status: 130 after Ctrl-C (the shell's convention), else 3."""
+
+  def __init__(self, message: str, status: int = 3):
+    super().__init__(message)
+    self.status = status
+
+
+class StopRequests:
+  """stop(batches_done): the signal to save and stop for there ("SIGTERM" or "SIGINT"), or
+  None. A first Ctrl-C asks for what SIGTERM does; the second one stops at once (the
+  default action: orbax renames a checkpoint into place only when it is complete, so the
+  last one stays whole). Hosts get SIGTERM at different steps: with several processes
+  jax's preemption service (started by jax.distributed.initialize, it catches SIGTERM
+  itself) names one step for all; Ctrl-C there stops at once. `restore` puts the earlier
+  handlers back."""
+
+  def __init__(self):
+    self.multihost = jax.process_count() > 1
+    self.requested: list[str] = []
+    self.old_handlers = {}
+    if not self.multihost and threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # e.g. SIGINT in a background job
+          self.old_handlers[sig] = signal.signal(sig, self._on_signal)
+
+  def _on_signal(self, signum: int, _) -> None:
+    if signum == signal.SIGINT:
+      signal.signal(signal.SIGINT, signal.SIG_DFL)
+    self.requested.append(signal.Signals(signum).name)
+
+  def __call__(self, done: int) -> str | None:
+    if self.multihost:
+      return "SIGTERM" if multihost_utils.reached_preemption_sync_point(done) else None
+    return self.requested[0] if self.requested else None
+
+  def restore(self) -> None:
+    for sig, handler in self.old_handlers.items():
+      signal.signal(sig, handler)
+    self.old_handlers = {}
 
 
 def matmul_peak_flops(dtype: jnp.dtype, device: jax.Device | None = None) -> float:
@@ -274,6 +307,24 @@ def _make_results_folder(cfg: Config) -> None:
                     "choose a writable --results_dir.") from None
 
 
+def _keep_earlier_results(cfg: Config) -> None:
+  """A run that starts anew (--fresh, or a model folder gone) never writes into an earlier
+  run's results, where history.csv would be overwritten and TensorBoard curves mixed: a
+  results folder that holds anything is kept as <folder>.replaced-<time>, like --fresh
+  keeps the model folder."""
+  path = cfg.results_path
+  if not os.listdir(path):
+    return
+  aside = f"{path}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+  try:
+    os.rename(path, aside)
+    os.makedirs(path)
+  except OSError as e:
+    raise UserError(f"cannot keep the earlier results {path!r} as {aside!r} ({e.strerror or e}): "
+                    "move them away yourself, or choose another --results_dir.") from None
+  log.info("the earlier run's results are kept as %s", aside)
+
+
 def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, float]]:
   """Pre-trains or fine-tunes (cfg.task) as `cfg` says, resuming from model_dir/exp_name
   when it holds a checkpoint of the same configuration; returns the history (one row per
@@ -302,6 +353,8 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
   checkpointer = checkpoint_lib.Checkpointer(
       cfg.checkpoint_path, cfg, data.identities)
   if writer:
+    if not checkpointer.resuming:
+      _keep_earlier_results(cfg)
     if cfg.encoding_method == "bpe":  # the model folder is complete without --data_dir
       shutil.copyfile(cfg.bpe_path, os.path.join(cfg.checkpoint_path, checkpoint_lib.BPE_FILE))
 
@@ -320,8 +373,9 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
       state, meta = restored
       rows, best = meta["history"], meta["best"]
       first_epoch, first_step = meta["epoch"], meta["step"]
-      log.info("resuming %s from epoch %d, step %d", cfg.checkpoint_path, first_epoch + 1,
-                   first_step)
+      if first_epoch < cfg.epochs:  # else there is nothing to do, said below
+        log.info("resuming %s from epoch %d, step %d", cfg.checkpoint_path, first_epoch + 1,
+                 first_step)
   source = cfg.init_from or cfg.pretrained_model
   if source and not (rows or first_step):  # not resumed: a fresh start
     state = with_params_from(state, source, cfg)
@@ -364,13 +418,8 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
   def meta(epoch: int, step: int) -> dict[str, Any]:
     return {"epoch": epoch, "step": step, "best": best, "history": rows}
 
-  # Hosts get SIGTERM at different steps: with several processes jax's preemption service
-  # (started by jax.distributed.initialize, it catches SIGTERM itself) names one step for all.
-  multihost = jax.process_count() > 1
-  preempted = threading.Event()
-  old_handler = None
-  if not multihost and threading.current_thread() is threading.main_thread():
-    old_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.set())
+  stop_requested = StopRequests()
+  line = history_lib.ProgressLine(cfg.progress and writer)
   stream = prefetch(all_batches())
   run_start = time.perf_counter()
   seconds = {"training": 0.0, "evaluation": 0.0}
@@ -381,15 +430,17 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
       sums = {"loss_sum": 0.0, "count": 0.0, "grad_norm": 0.0, "steps": 0}
       start_step = first_step if epoch == first_epoch else 0
       real_nucleotides = 0
+      line.start(f"epoch {epoch + 1}/{cfg.epochs}", start_step, spe)
       for step in range(start_step, spe):
         # Dispatch is asynchronous: the next batch is sampled while this step runs.
         batch = next(stream)
         real_nucleotides += encoding.real_nucleotides(batch) * jax.process_count()
         state, metrics = train_step(state, to_device(batch, mesh), dropout_key)
         pending.append((step, metrics))
+        if line.due():  # steps finish in order: the dispatched ones not ready yet are the last
+          line.update(step + 1 - sum(not m["loss_sum"].is_ready() for _, m in pending))
         done = epoch * spe + step + 1
-        stop = (multihost_utils.reached_preemption_sync_point(done) if multihost
-                else preempted.is_set())
+        stop = stop_requested(done)
         save_now = stop or (
             cfg.checkpoint_every_steps and done % cfg.checkpoint_every_steps == 0 and step + 1 < spe)
         if save_now or len(pending) >= 64 or step + 1 == spe:
@@ -399,9 +450,12 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
           checkpointer.save(done, state, meta(epoch, step + 1), checkpoint_lib.NO_METRIC)
         if stop:
           checkpointer.wait()
-          raise Stopped(f"SIGTERM at epoch {epoch + 1}, step {step + 1}: saved the resume "
-                        f"checkpoint in {cfg.checkpoint_path}; run the same command to go on.")
+          line.clear()
+          raise Stopped(f"{stop} at epoch {epoch + 1}, step {step + 1}: saved the resume "
+                        f"checkpoint in {cfg.checkpoint_path}; run the same command to go on.",
+                        130 if stop == "SIGINT" else 3)
       train_seconds = time.perf_counter() - epoch_start
+      line.note("evaluating")
       row = {}
       for split, subset in data.eval_sets.items():
         figures = evaluate(eval_step, state.params, subset, mesh, eval_rows, task)
@@ -418,31 +472,32 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
                     # what other tools count: padding and a window's unused part excluded
                     "real_nucleotides_per_s": real_nucleotides / train_seconds,
                     "mfu": flops * steps_per_s / peak}
+      lr = task.learning_rate(int(state.step))  # of the epoch's last update
       if writer:
         history_lib.write_csv(os.path.join(cfg.results_path, "history.csv"), rows, columns)
         history_lib.plot(cfg.results_path, rows, task.figures_names)
-        step_count = int(state.step)
         for k, v in row.items():
           tb.add_scalar(k.replace("|", "/"), v, epoch + 1)
         tb.add_scalar("train/batch_loss", sums["loss_sum"] / max(sums["count"], 1), epoch + 1)
         tb.add_scalar("train/grad_norm", sums["grad_norm"] / max(sums["steps"], 1), epoch + 1)
-        tb.add_scalar("train/learning_rate", task.learning_rate(step_count), epoch + 1)
+        tb.add_scalar("train/learning_rate", lr, epoch + 1)
         for k, v in throughput.items():
           tb.add_scalar(f"throughput/{k}", v, epoch + 1)
         tb.flush()
       elapsed = time.perf_counter() - run_start
       figures = " ".join(f"{k} {row[k]:.4f}" for k in task.progress_columns())
+      line.clear()
       log.info(
-          "epoch %d/%d | %s%s | %.1f steps/s, %.0f samples/s, %.3g nt/s (%.3g real nt/s), "
-          "MFU %.1f%% | %s elapsed, %s left", epoch + 1, cfg.epochs, figures,
-          " (best)" if improved else "", steps_per_s, throughput["samples_per_s"],
+          "epoch %d/%d | %s%s | lr %.3g | %.1f steps/s, %.0f samples/s, %.3g nt/s (%.3g real "
+          "nt/s), MFU %.1f%% | %s elapsed, %s left", epoch + 1, cfg.epochs, figures,
+          " (best)" if improved else "", lr, steps_per_s, throughput["samples_per_s"],
           throughput["nucleotides_per_s"], throughput["real_nucleotides_per_s"],
-          100 * throughput["mfu"], _duration(elapsed),
-          _duration(elapsed / (epoch + 1 - first_epoch) * (cfg.epochs - epoch - 1)))
+          100 * throughput["mfu"], history_lib.duration(elapsed),
+          history_lib.duration(elapsed / (epoch + 1 - first_epoch) * (cfg.epochs - epoch - 1)))
   finally:
+    line.clear()
     stream.close()
-    if old_handler is not None:
-      signal.signal(signal.SIGTERM, old_handler)
+    stop_requested.restore()
     checkpointer.close()
     if tb is not None:
       tb.close()

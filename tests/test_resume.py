@@ -56,8 +56,14 @@ def kill_mid_epoch(data, folder, sig):
   """Starts the run, waits for a checkpoint saved inside epoch 2, then sends `sig`. The
   run's stderr goes to a file: a pipe read only at the end could fill up and block it."""
   err_path = os.path.join(folder, "stderr.txt")
-  with open(err_path, "w") as err_file:
-    proc = subprocess.Popen(command(data), cwd=folder, env=env(), stderr=err_file)
+  # A shell without job control starts background jobs with Ctrl-C ignored, children
+  # inherit that, and the run rightly keeps it so: start it as a terminal would.
+  before = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    with open(err_path, "w") as err_file:
+      proc = subprocess.Popen(command(data), cwd=folder, env=env(), stderr=err_file)
+  finally:
+    signal.signal(signal.SIGINT, before)
   model = os.path.join(folder, "M", NAME)
   deadline = time.time() + 240
   try:
@@ -82,13 +88,18 @@ def read(path):
     return f.read()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT],
+                         ids=lambda s: s.name)
 def test_killed_run_resumes_to_the_same_history(data, uninterrupted, tmp_path, sig):
+  """SIGTERM (a preemption notice) and SIGINT (Ctrl-C) save the resume checkpoint and stop
+  with one line, exit status 3 and 130; SIGKILL leaves the last checkpoint."""
   code, err = kill_mid_epoch(data, tmp_path, sig)
-  if sig == signal.SIGTERM:
-    assert code == 3, err[-2000:]
+  if sig != signal.SIGKILL:
+    assert code == {signal.SIGTERM: 3, signal.SIGINT: 130}[sig], err[-2000:]
     last = err.strip().splitlines()[-1]
-    assert "SIGTERM" in last and "run the same command" in last and "Traceback" not in err
+    assert last.startswith(f"nlm_jax.pretrain: {sig.name} at epoch 2, step ")
+    assert "saved the resume checkpoint" in last and "run the same command" in last
+    assert "Traceback" not in err
   else:
     assert code == -signal.SIGKILL
   rows_before = history(tmp_path).count("\n") - 1 if os.path.exists(
@@ -103,7 +114,24 @@ def test_killed_run_resumes_to_the_same_history(data, uninterrupted, tmp_path, s
   again = subprocess.run(command(data), cwd=tmp_path, env=env(), capture_output=True, text=True,
                          timeout=300)
   assert again.returncode == 0 and "nothing to do" in again.stderr
+  assert "resuming" not in again.stderr  # not "from epoch 4" of a 3-epoch run
   assert history(tmp_path) == uninterrupted
+
+
+def test_second_ctrl_c_stops_at_once():
+  """The first Ctrl-C asks the loop to save and stop; then Ctrl-C has its default action
+  again (the process ends at once), until the loop is left."""
+  before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+  try:
+    stop_requested = train.StopRequests()
+    assert stop_requested(1) is None
+    signal.raise_signal(signal.SIGINT)
+    assert stop_requested(2) == "SIGINT"
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL
+    stop_requested.restore()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  finally:
+    signal.signal(signal.SIGINT, before)
 
 
 def test_damaged_newest_checkpoint_falls_back_to_the_one_before(data, uninterrupted, tmp_path):
@@ -121,7 +149,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_one_before(data, uninterrup
   assert history(tmp_path) == uninterrupted
 
 
-def test_changed_settings_are_refused_and_fresh_keeps_the_old_folder(data, tmp_path):
+def test_changed_settings_are_refused_and_fresh_keeps_the_old_folders(data, tmp_path):
   short = [f for f in FLAGS if not f.startswith("--epochs")] + ["--epochs=1"]
   base = [sys.executable, "-m", "nlm_jax.pretrain", *data,
           f"--compilation_cache={tmp_path / 'xla_cache'}"]  # a new cache: the first run compiles
@@ -140,7 +168,10 @@ def test_changed_settings_are_refused_and_fresh_keeps_the_old_folder(data, tmp_p
                        capture_output=True, text=True)
   assert out.returncode == 0 and "from epoch 2" in out.stderr
   assert "steps compiled in" in out.stderr and "(from the compilation cache)" in out.stderr
-  # --fresh starts anew and keeps the old folder aside.
+  old_results = {n: (tmp_path / "R" / NAME / n).read_bytes()
+                 for n in os.listdir(tmp_path / "R" / NAME)}
+  assert old_results["history.csv"].count(b"\n") == 3  # header and 2 epochs
+  # --fresh starts anew and keeps the old model and results folders aside, untouched.
   out = subprocess.run(base + short + ["--p_mlm=0.2", "--fresh"], cwd=tmp_path, env=env(),
                        capture_output=True, text=True)
   assert out.returncode == 0, out.stderr[-2000:]
@@ -148,6 +179,13 @@ def test_changed_settings_are_refused_and_fresh_keeps_the_old_folder(data, tmp_p
   assert len(kept) == 1
   assert checkpoint.load_config(str(tmp_path / "M" / kept[0])).p_mlm == 0.15
   assert checkpoint.load_config(str(tmp_path / "M" / NAME)).p_mlm == 0.2
+  kept = [n for n in os.listdir(tmp_path / "R") if n.startswith(NAME + ".replaced-")]
+  assert len(kept) == 1
+  assert {n: (tmp_path / "R" / kept[0] / n).read_bytes()
+          for n in os.listdir(tmp_path / "R" / kept[0])} == old_results
+  new_results = os.listdir(tmp_path / "R" / NAME)
+  assert len([n for n in new_results if n.startswith("events.out.")]) == 1  # curves not mixed
+  assert (tmp_path / "R" / NAME / "history.csv").read_text().count("\n") == 2
 
 
 def test_non_finite_step_changes_nothing_and_stops_the_run(tmp_path):

@@ -115,7 +115,7 @@ def test_run_writes_history_and_best_checkpoint_that_restores(tmp_path):
   for written, row in zip(history.read_csv(csv), rows, strict=True):
     assert written == pytest.approx(row, abs=1e-6)
   with open(csv) as f:
-    assert f.readline().strip() == (",Loss|train,Accuracy|train,NucAccuracy|train,"
+    assert f.readline().strip() == ("Epoch,Loss|train,Accuracy|train,NucAccuracy|train,"
                                     "Loss|valid,Accuracy|valid,NucAccuracy|valid")
   for png in ("loss.png", "accuracy.png", "nucaccuracy.png"):
     assert os.path.getsize(os.path.join(cfg.results_path, png)) > 1000
