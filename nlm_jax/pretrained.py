@@ -1,10 +1,11 @@
-"""A pre-trained model for use: embeddings, masked-nucleotide prediction, and the Flax
-module and parameters for fine-tuning code.
+"""A pre-trained or fine-tuned model for use: embeddings, masked-nucleotide prediction,
+classification (fine-tuned models), and the Flax module and parameters.
 
   import nlm_jax
   model = nlm_jax.load("models/DEMO_conv_nm64_...")     # a checkpoint, export or lncRNA-Py folder
   x = model.embed(["ACGTAGC...", ...], pooling="mean")  # (sequences, d_model) float32
   model.predict_masked("ACG?TTAGC??A")                   # "ACGATTAGCAGA"
+  nlm_jax.load("models/CLS_...").classify(["ACGT..."])  # P(pcRNA) of each (nlm_jax.finetune)
 
 Sequences of any length. A sequence longer than the model's context is cut into
 consecutive windows of that context (conv: (context_length - 1) * kernel_size
@@ -51,7 +52,7 @@ MIN_BUCKET = 16  # positions of the smallest bucket
 
 def load(path: str, precision: str = "auto", devices: list[jax.Device] | None = None,
          batch_size: int = 64, bpe_file: str = "", context_length: int | None = None) -> "Model":
-  """The model in `path`, built from the folder alone: a pre-training folder
+  """The model in `path`, built from the folder alone: a pre-training or fine-tuning folder
   (model_dir/exp_name; its best checkpoint), a folder written by `python -m nlm_jax.export`,
   or one written by lncRNA-Py's save_pretrained (MaskedConvModel, MaskedTokenModel, e.g. its
   published lncRNA-BERT models).
