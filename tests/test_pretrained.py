@@ -341,8 +341,13 @@ def test_export_round_trip_and_numpy_forward(trained, tmp_path):
   np.testing.assert_allclose(numpy_forward(out, data["inputs"][:16]), logits[:16], atol=1e-4)
   with pytest.raises(UserError, match="exists"):
     export.export(cfg.checkpoint_path, out)
-  (tmp_path / "export" / "stale").write_text("from an earlier export")
+  (tmp_path / "export" / "stale").write_text("not written by export")
+  with pytest.raises(UserError, match="did not write"):  # --overwrite replaces only an export
+    export.export(cfg.checkpoint_path, out, overwrite=True)
+  os.remove(tmp_path / "export" / "stale")
+  (tmp_path / "export" / "model.safetensors").write_bytes(b"from an earlier export")
   export.export(cfg.checkpoint_path, out, overwrite=True)  # replaced whole
+  assert export.read(out)[1] is not None
   assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "nlm_jax.json"]
   assert not [n for n in os.listdir(tmp_path) if n.startswith(".export-")]
 
