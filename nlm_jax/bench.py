@@ -87,7 +87,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import re
 import resource
@@ -310,40 +309,6 @@ def compute_dtype(hlo_text: str) -> str:
   return _DTYPE_NAMES.get(top, top)
 
 
-def cost_flops(compiled: Any) -> float | None:
-  """FLOPs from compiled.cost_analysis(): a dict, or a list of dicts (older JAX), or None."""
-  try:
-    analysis = compiled.cost_analysis()
-  except Exception:  # not implemented on some backends
-    return None
-  if isinstance(analysis, (list, tuple)):
-    analysis = analysis[0] if analysis else None
-  if not analysis or "flops" not in analysis:
-    return None
-  flops = float(analysis["flops"])
-  return flops if flops > 0 and math.isfinite(flops) else None
-
-
-def peak_flops(dtype: str, n: int, platform: str, repeats: int = 5) -> tuple[float, int]:
-  """Best of `repeats` FLOP/s of a jitted chain of n x n matmuls in `dtype` (a fori_loop
-  whose every product feeds the next, so none can be hoisted); returns (FLOP/s, iterations)."""
-  import jax
-  import jax.numpy as jnp
-
-  iters = 4 if platform == "cpu" else 50
-  dt = jnp.dtype(dtype)
-  a_NxN = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dt)
-  b_NxN = (jax.random.normal(jax.random.key(1), (n, n), jnp.float32) / math.sqrt(n)).astype(dt)
-  chain = jax.jit(lambda a, b: jax.lax.fori_loop(0, iters, lambda _, c: c @ b, a))
-  jax.block_until_ready(chain(a_NxN, b_NxN))  # compile and warm up
-  best = math.inf
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(chain(a_NxN, b_NxN))
-    best = min(best, time.perf_counter() - t0)
-  return 2 * n ** 3 * iters / best, iters
-
-
 def sampler_rate(sampler: sampler_lib.TrainSampler, seconds: float) -> float:
   """Rows per second of sampler.batch in this thread, over about `seconds`."""
   sampler.batch(0, 0)  # the epoch's permutation
@@ -425,6 +390,7 @@ def train_record(name: str, cfg: Config, warmup: int, steps: int) -> dict[str, A
   (right after, so that a shared host's load weighs on both alike) and the sampler."""
   import jax
 
+  from nlm_jax import flops as flops_lib
   from nlm_jax import model as model_lib
   from nlm_jax import train
 
@@ -461,7 +427,7 @@ def train_record(name: str, cfg: Config, warmup: int, steps: int) -> dict[str, A
   flops_6nd = 6.0 * n_params * tokens
   flops_model = model_lib.train_flops(cfg, n_params, cfg.batch_size)
   model_source = "6*params*tokens + 12*N*d_model*context*tokens"
-  flops, source = cost_flops(compiled), "cost_analysis"
+  flops, source = flops_lib.cost_flops(compiled), "cost_analysis"
   if flops is None:
     flops, source = flops_model, f"{model_source} (no cost_analysis)"
   elif flops < 0.5 * flops_6nd:
@@ -470,7 +436,7 @@ def train_record(name: str, cfg: Config, warmup: int, steps: int) -> dict[str, A
   peak_dtype = dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
   peak_n = _PEAK_N.value or (2048 if platform == "cpu" else 8192)
   log(f"  measuring the {peak_n}x{peak_n} {peak_dtype} matmul peak")
-  peak, peak_iters = peak_flops(peak_dtype, peak_n, platform)
+  peak, peak_iters = flops_lib.peak_flops(peak_dtype, peak_n, devices[0])
   log(f"  {peak / 1e9:.1f} GFLOP/s peak, {flops / step_s / 1e9:.1f} GFLOP/s achieved")
 
   log(f"  timing the sampler for {_SAMPLER_S.value:g} s")

@@ -21,7 +21,7 @@ from absl import app
 from absl import flags
 
 from nlm_jax import cli
-from nlm_jax.config import UserError
+from nlm_jax.errors import UserError
 
 MAX_SENTENCE = 10_000
 

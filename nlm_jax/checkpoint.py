@@ -372,8 +372,6 @@ class Checkpointer:
 
 def restore(path: str) -> tuple[Config, Any]:
   """(config, params) of the best checkpoint in `path`, from that folder alone."""
-  from nlm_jax import train  # the abstract parameter tree comes from the model
-
   cfg = load_config(path)
   manager = _manager(path, read_only=True)
   step = manager.best_step()
@@ -381,6 +379,6 @@ def restore(path: str) -> tuple[Config, Any]:
     raise UserError(f"{path!r} holds no checkpoint: pass a folder written by nlm_jax.pretrain.")
   per_layer = _per_layer(os.path.join(path, str(step)))
   restored = manager.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(_restore_target(train.abstract_params(cfg), per_layer))))
+      params=ocp.args.StandardRestore(_restore_target(model_lib.abstract_params(cfg), per_layer))))
   manager.close()
   return cfg, model_lib.stack_blocks(restored["params"])

@@ -14,7 +14,7 @@ from absl import app
 from absl import flags
 from absl import logging as absl_logging
 
-from nlm_jax.config import UserError
+from nlm_jax.errors import UserError
 
 
 def fail(prog: str, message: str) -> None:

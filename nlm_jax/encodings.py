@@ -13,7 +13,8 @@ import os
 import numpy as np
 
 from nlm_jax import fasta as fasta_lib
-from nlm_jax.config import Config, UserError
+from nlm_jax.config import Config
+from nlm_jax.errors import UserError
 
 MASK, CLS, SEP, PAD, UNK = 0, 1, 2, 3, 4
 N_SPECIAL = 5

@@ -141,9 +141,8 @@ def from_tensors(cfg: Config, tensors: dict[str, np.ndarray], remedy: str = REEX
   """nlm_jax parameters from lncRNA-Py's tensors; every name must be there with the
   shape the configuration gives (else a UserError ending in `remedy`)."""
   from nlm_jax import model as model_lib
-  from nlm_jax import train
 
-  abstract = model_lib.unstack_blocks(train.abstract_params(cfg))
+  abstract = model_lib.unstack_blocks(model_lib.abstract_params(cfg))
   params: dict[str, Any] = {}
   for path, name, layout in key_map(cfg):
     if name not in tensors:

@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 import pyfastx
 
-from nlm_jax.config import UserError
+from nlm_jax.errors import UserError
 
 # Nucleotide codes shared by the sampler and the model's one-hot table.
 A, C, G, T, N = 0, 1, 2, 3, 4

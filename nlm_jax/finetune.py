@@ -16,6 +16,7 @@ from absl import flags
 
 from nlm_jax import allocator
 from nlm_jax import cli
+from nlm_jax import command
 from nlm_jax import config
 
 config.define_flags(task="cls")
@@ -26,7 +27,7 @@ PROG = "nlm_jax.finetune"
 
 def main(argv: list[str]) -> None:
   with cli.one_line_errors(PROG, "--batch_size (or --context_length)"):
-    cfg = config.from_finetune_flags(FLAGS, argv[1:])
+    cfg = command.from_finetune_flags(FLAGS, argv[1:])
     from nlm_jax import train  # after validation: importing JAX takes a second or two
 
     train.use_compilation_cache(FLAGS.compilation_cache)

@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Callable, TextIO
 
-from nlm_jax.config import UserError
+from nlm_jax.errors import UserError
 
 # NucAccuracy: per-nucleotide accuracy, comparable across encodings (= Accuracy for conv).
 COLUMNS = ("Loss|train", "Accuracy|train", "NucAccuracy|train",

@@ -380,6 +380,20 @@ class Classifier(nn.Module):
     return self.output(x_BxD)[:, 0].astype(jnp.float32)
 
 
+def dummy_inputs(cfg: Config) -> jax.Array:
+  """One row of model input: nucleotide codes for conv, token ids otherwise."""
+  if cfg.is_token:
+    return jnp.zeros((1, cfg.context_length), jnp.int32)
+  return jnp.zeros((1, cfg.n_nucleotides), jnp.uint8)
+
+
+def abstract_params(cfg: Config) -> Any:
+  """The parameter tree as ShapeDtypeStructs, without allocating it (what a checkpoint
+  is restored into)."""
+  model = build(cfg)
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), dummy_inputs(cfg))["params"])
+
+
 def build(cfg: Config) -> nn.Module:
   if cfg.is_classifier:
     return Classifier(cfg)

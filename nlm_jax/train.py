@@ -24,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from nlm_jax import allocator
 from nlm_jax import checkpoint as checkpoint_lib
+from nlm_jax import flops as flops_lib
 from nlm_jax import history as history_lib
 from nlm_jax import model as model_lib
 from nlm_jax import sampler as sampler_lib
@@ -88,17 +89,8 @@ def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
   return Mesh(np.array(devices), ("data",))
 
 
-def dummy_inputs(cfg: Config) -> jax.Array:
-  """One row of model input: nucleotide codes for conv, token ids otherwise."""
-  if cfg.is_token:
-    return jnp.zeros((1, cfg.context_length), jnp.int32)
-  return jnp.zeros((1, cfg.n_nucleotides), jnp.uint8)
-
-
-def abstract_params(cfg: Config) -> Any:
-  """The parameter tree as ShapeDtypeStructs, without allocating it."""
-  model = model_lib.build(cfg)
-  return jax.eval_shape(lambda: model.init(jax.random.key(0), dummy_inputs(cfg))["params"])
+dummy_inputs = model_lib.dummy_inputs  # moved below the checkpoint; the old names stay
+abstract_params = model_lib.abstract_params
 
 
 def init_state(cfg: Config, mesh: Mesh, key: jax.Array,
@@ -251,21 +243,6 @@ class StopRequests:
     self.old_handlers = {}
 
 
-def matmul_peak_flops(dtype: jnp.dtype, device: jax.Device | None = None) -> float:
-  """FLOP/s of a large jitted matmul in `dtype` on one device: the practical peak."""
-  device = device or jax.devices()[0]
-  n = 2048 if device.platform == "cpu" else 8192
-  a = jax.device_put(jnp.ones((n, n), dtype), device)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  best = np.inf
-  for _ in range(3):
-    t = time.perf_counter()
-    f(a).block_until_ready()
-    best = min(best, time.perf_counter() - t)
-  return 2 * n ** 3 / best
-
-
 def prefetch(batches: Iterator[sampler_lib.Batch], depth: int = 4) -> Iterator[sampler_lib.Batch]:
   """Samples ahead in a background thread, at most `depth` batches, so the step loop
   does not wait on the host. The thread owns the sampler (and its pyfastx handle)."""
@@ -399,7 +376,8 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
   ).compile()
   compile_s, cached = time.perf_counter() - t0, _cache_hits[:1] != hits
   flops = model_lib.train_flops(cfg, n_params, cfg.batch_size // n_devices)
-  peak = matmul_peak_flops(model_lib.compute_dtype(cfg), jax.local_devices()[0])
+  peak, _ = flops_lib.peak_flops(model_lib.compute_dtype(cfg), device=jax.local_devices()[0],
+                                 repeats=2)
   log.info("%s parameters; train and eval steps compiled in %.1f s%s; %d steps per epoch; "
            "%.3g FLOP per step and device, matmul peak %.3g FLOP/s", f"{n_params:,}", compile_s,
            " (from the compilation cache)" if cached else "", spe, flops, peak)

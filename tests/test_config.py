@@ -5,7 +5,7 @@ import pytest
 from absl import flags
 
 from conftest import random_seqs, write_fasta
-from nlm_jax import bpe, config
+from nlm_jax import bpe, command, config
 from nlm_jax.config import Config, UserError
 
 LAUNCH = os.path.join(os.path.dirname(__file__), "..", "launch")
@@ -15,7 +15,7 @@ def parse(*argv):
   fv = flags.FlagValues()
   config.define_flags(fv)
   rest = fv(["pretrain", *argv])
-  return config.from_flags(fv, rest[1:])
+  return command.from_flags(fv, rest[1:])
 
 
 def test_contract_defaults():
@@ -97,7 +97,7 @@ def test_every_launch_file_parses_and_says_how_to_run_it(path, tmp_path):
   if finetune:  # the architecture comes with --pretrained_model: tested in test_finetune.py
     fv = flags.FlagValues()
     config.define_flags(fv, task="cls")
-    cfg = config.from_finetune_flags(fv, fv(["finetune", "a", "b", "c", "d", f"--flagfile={path}"])[1:])
+    cfg = command.from_finetune_flags(fv, fv(["finetune", "a", "b", "c", "d", f"--flagfile={path}"])[1:])
     assert cfg.exp_name.startswith(cfg.exp_prefix + "_" + cfg.encoding_method)
     return
   overrides = []

@@ -14,7 +14,7 @@ from absl import flags
 
 import nlm_jax
 from conftest import write_fasta
-from nlm_jax import classify, config, fasta as fasta_lib, model as model_lib, sampler, tasks, train
+from nlm_jax import classify, command, config, fasta as fasta_lib, model as model_lib, sampler, tasks, train
 from nlm_jax.config import Config, UserError
 from test_bad_input import assert_one_line_error, assert_unchanged, run_module, snapshot
 
@@ -113,7 +113,7 @@ def parse(*argv):
   fv = flags.FlagValues()
   config.define_flags(fv, task="cls")
   rest = fv(["finetune", *argv])
-  return config.from_finetune_flags(fv, rest[1:])
+  return command.from_finetune_flags(fv, rest[1:])
 
 
 FILES = ("pc.fa", "nc.fa", "pcv.fa", "ncv.fa")
@@ -197,7 +197,7 @@ def test_published_recipes_fine_tune_the_pretrained_launch_models(tmp_path, flag
   launch = os.path.join(os.path.dirname(__file__), "..", "launch")
   fv = flags.FlagValues()
   config.define_flags(fv)
-  base = config.from_flags(fv, fv(["pretrain", "t", "v", f"--flagfile={launch}/{pretrain_flagfile}"])[1:])
+  base = command.from_flags(fv, fv(["pretrain", "t", "v", f"--flagfile={launch}/{pretrain_flagfile}"])[1:])
   folder = tmp_path / base.exp_name
   folder.mkdir()
   (folder / "config.json").write_text(base.to_json())

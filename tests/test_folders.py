@@ -19,7 +19,7 @@ from safetensors.numpy import save_file
 
 import nlm_jax
 from conftest import random_seqs, write_fasta
-from nlm_jax import bpe, config, export, folders, model as model_lib, pretrained, train
+from nlm_jax import bpe, command, config, export, folders, model as model_lib, pretrained, train
 from nlm_jax.config import Config, UserError
 
 DEV = jax.devices()[:1]
@@ -144,7 +144,7 @@ def test_folders_of_no_known_kind_are_one_line_errors(tmp_path):
 def parse(*argv):
   fv = flags.FlagValues()
   config.define_flags(fv)
-  return config.from_flags(fv, fv(["pretrain", *argv])[1:])
+  return command.from_flags(fv, fv(["pretrain", *argv])[1:])
 
 
 def stub_folder(folder, stored, pe_rows=1000):

@@ -1,0 +1,49 @@
+"""The two halves of MFU: a compiled program's FLOPs and the matmul peak of a device.
+One measurement, shared by the training log and nlm_jax.bench, so their MFUs agree."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+def cost_flops(compiled: Any) -> float | None:
+  """FLOPs of one call of a compiled program (one device's share) from XLA's cost model:
+  a dict, or a list of dicts (older JAX); None where the backend gives none."""
+  try:
+    analysis = compiled.cost_analysis()
+  except Exception:  # not implemented on some backends
+    return None
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else None
+  if not analysis or "flops" not in analysis:
+    return None
+  flops = float(analysis["flops"])
+  return flops if flops > 0 and math.isfinite(flops) else None
+
+
+def peak_flops(dtype: Any, n: int | None = None, device: jax.Device | None = None,
+               repeats: int = 5) -> tuple[float, int]:
+  """Best of `repeats` FLOP/s of a jitted chain of n x n matmuls in `dtype` on one device
+  (a fori_loop whose every product feeds the next, so none can be hoisted): the practical
+  peak. n defaults to 2048 on CPU, 8192 elsewhere. Returns (FLOP/s, matmuls per chain)."""
+  device = device or jax.devices()[0]
+  on_cpu = device.platform == "cpu"
+  n = n or (2048 if on_cpu else 8192)
+  iters = 4 if on_cpu else 50
+  dt = jnp.dtype(dtype)
+  a_NxN = jax.device_put(jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dt), device)
+  b_NxN = jax.device_put(
+      (jax.random.normal(jax.random.key(1), (n, n), jnp.float32) / math.sqrt(n)).astype(dt), device)
+  chain = jax.jit(lambda a, b: jax.lax.fori_loop(0, iters, lambda _, c: c @ b, a))
+  jax.block_until_ready(chain(a_NxN, b_NxN))  # compile and warm up
+  best = math.inf
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(chain(a_NxN, b_NxN))
+    best = min(best, time.perf_counter() - t0)
+  return 2 * n ** 3 * iters / best, iters
