@@ -87,7 +87,10 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS, task: str = "mlm") -> None:
     flags.DEFINE_boolean("no_weighted_loss", False,
                          "Turns off the weighting of the pcRNA loss by n_ncRNA / n_pcRNA of the "
                          "training set (the correction for class imbalance).", **d)
-  flags.DEFINE_boolean("no_random_reading_frame", False, "Turns off sampling in a random reading frame for conv encoding.", **d)
+  flags.DEFINE_boolean(
+      "no_random_reading_frame", False,
+      "Turns off sampling in a random reading frame for conv and k-mer encodings (nuc and "
+      "BPE have no frame).", **d)
   if not mlm:
     flags.DEFINE_boolean(
         "freeze_network", False,
@@ -324,9 +327,12 @@ class Config:
     name += f"_bs{self.batch_size}_ws{self.warmup_steps}_cl{self.context_length}_d{self.dropout:g}"
     if self.mask_size != 1:
       name += f"_ms{self.mask_size}"
-    if self.encoding_method == "conv":  # The original also adds these for token methods.
-      for on, suffix in ((self.no_random_reading_frame, "--no_rrf"),
-                         (self.input_linear is True, "--in_lin"),
+    # Only where the flag changes the run (the original adds them for every encoding):
+    # the reading frame for conv and k-mers, the rest for conv.
+    if self.no_random_reading_frame and self.has_reading_frame:
+      name += "--no_rrf"
+    if self.encoding_method == "conv":
+      for on, suffix in ((self.input_linear is True, "--in_lin"),
                          (self.no_input_relu, "--no_in_relu"),
                          (self.no_output_linear, "--no_out_lin"),
                          (self.output_relu, "--out_relu")):
@@ -341,7 +347,7 @@ class Config:
       name += "_hl" + "-".join(map(str, self.hidden_cls_layers))
     conv = self.encoding_method == "conv"
     for on, suffix in ((self.no_weighted_loss, "--no_weighted_loss"),
-                       (conv and self.no_random_reading_frame, "--no_rrf"),
+                       (self.has_reading_frame and self.no_random_reading_frame, "--no_rrf"),
                        (self.freeze_network, "--freeze_network"),
                        (self.freeze_kernels, "--freeze_kernels"),
                        (conv and self.input_linear is True, "--in_lin"),
@@ -349,6 +355,12 @@ class Config:
       if on:
         name += suffix
     return name
+
+  @property
+  def has_reading_frame(self) -> bool:
+    """Whether windows can start in another frame: conv and k-mers (k > 1) have one, nuc
+    and BPE (one-nucleotide steps) none."""
+    return self.encoding_method == "conv" or (self.encoding_method == "kmer" and self.k > 1)
 
   @property
   def results_path(self) -> str:

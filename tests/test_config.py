@@ -125,3 +125,13 @@ def test_conv_launch_file_has_the_published_settings():
   assert (cfg.kernel_size, cfg.warmup_steps, cfg.d_model, cfg.N, cfg.context_length,
           cfg.batch_size, cfg.encoding_method) == (9, 32000, 768, 12, 768, 8, "conv")
   assert cfg.exp_name == "MLM_conv_nm768_sm9_dm768_N12_bs8_ws32000_cl768_d0"
+
+
+def test_no_rrf_is_named_where_the_run_has_a_reading_frame():
+  """conv and k-mer windows start in a random frame unless --no_random_reading_frame, so
+  runs with and without it must not share a folder; nuc and BPE have no frame."""
+  kw = ("--exp_prefix=X", "--no_random_reading_frame")
+  assert parse("t.fa", "v.fa", *kw, "--encoding_method=kmer", "--k=3").exp_name.endswith("--no_rrf")
+  assert parse("t.fa", "v.fa", *kw).exp_name.endswith("--no_rrf")
+  assert "--no_rrf" not in parse("t.fa", "v.fa", *kw, "--encoding_method=nuc").exp_name
+  assert "--no_rrf" not in parse("t.fa", "v.fa", *kw, "--encoding_method=kmer", "--k=1").exp_name

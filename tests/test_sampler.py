@@ -205,3 +205,35 @@ def test_host_shares_are_disjoint_and_form_the_global_batch(train_fa):
     assert len({p["inputs"].tobytes() for p in parts}) == 4
     drawn = [h.indices(0, step) for h in hosts]
     np.testing.assert_array_equal(np.concatenate(drawn), order[step * 8:(step + 1) * 8])
+
+
+@pytest.mark.parametrize("encoding", [dict(kernel_size=3), dict(encoding_method="kmer", k=2)])
+def test_a_row_of_the_global_batch_is_the_same_for_1_2_and_4_hosts(train_fa, encoding):
+  """Each row draws from a generator keyed by its row of the global batch, not of a
+  host's share, and every row has its own."""
+  cfg = cfg_for(context_length=32, batch_size=8, n_samples_per_epoch=64, **encoding)
+  shares = {}
+  for n_hosts in (1, 2, 4):
+    hosts = [sampler.TrainSampler(train_fa, cfg, sampler.encoding_for(cfg), p, n_hosts)
+             for p in range(n_hosts)]
+    shares[n_hosts] = [sampler.concat([h.batch(epoch, step) for h in hosts])
+                       for epoch, step in [(0, 0), (1, 3)]]
+  for n_hosts in (2, 4):
+    for whole, joined in zip(shares[1], shares[n_hosts]):
+      for k in whole:
+        np.testing.assert_array_equal(joined[k], whole[k], err_msg=f"{n_hosts} hosts, {k}")
+
+
+@pytest.mark.parametrize("flag, frames", [(False, {"AAC", "ACA", "CAA"}), (True, {"AAC"})])
+def test_kmer_windows_start_in_a_random_reading_frame_unless_turned_off(tmp_path, flag, frames):
+  """3-mers of AACAACAAC... read AAC in frame 0, ACA in 1, CAA in 2: a row's most common
+  input token says the frame of its window."""
+  fa = fasta_lib.Fasta(write_fasta(tmp_path / "aac.fa", ["AAC" * 300]))
+  cfg = cfg_for(encoding_method="kmer", k=3, context_length=16, batch_size=64,
+                n_samples_per_epoch=64, no_random_reading_frame=flag)
+  enc = sampler.encoding_for(cfg)
+  inputs = sampler.TrainSampler(fa, cfg, enc).batch(0, 0)["inputs"]
+  tok = enc.tokenizer
+  names = {int(tok.tokenize(t)[1]): t for t in ("AAC", "ACA", "CAA")}
+  seen = {names[int(np.bincount(row[1:]).argmax())] for row in inputs}
+  assert seen == frames
