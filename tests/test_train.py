@@ -6,10 +6,11 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from conftest import random_seqs, write_fasta
-from nlm_jax import checkpoint, fasta as fasta_lib, history, sampler, synthetic, tasks, train
+from nlm_jax import checkpoint, fasta as fasta_lib, history, model as model_lib, sampler, synthetic, tasks, train
 from nlm_jax.config import Config
 
 # Whole runs use one of the eight fake devices. XLA's in-process CPU collectives have hit
@@ -172,3 +173,30 @@ def test_bf16_trains_above_chance(tmp_path):
                model_dir=str(tmp_path / "M"))
   rows = train.run(cfg, devices=RUN_DEVICES)
   assert rows[-1]["Accuracy|valid"] > 0.33, rows  # chance ~0.25; fp32 reaches ~0.44 here
+
+
+def test_token_models_train_on_the_label_smoothed_loss(tmp_path):
+  """original-behaviour.md 9: token models minimise cross-entropy with label smoothing 0.1
+  (PyTorch's: 0.1 spread over all classes). The step's training loss and gradient must be
+  those of that loss, written out here from the logits (no dropout: train mode is
+  deterministic)."""
+  cfg = tiny(tmp_path, encoding_method="kmer", k=2)
+  mesh = train.make_mesh(jax.devices()[:1])
+  state = train.init_state(cfg, mesh, jax.random.key(0))
+  params = jax.device_get(state.params)
+  batch = batches(cfg, 1)[0]
+  model = model_lib.build(cfg)
+
+  def smoothed_loss(p):
+    logp = jax.nn.log_softmax(model.apply({"params": p}, batch["inputs"], train=False))
+    t = batch["targets"]
+    nll = -jnp.take_along_axis(logp, jnp.maximum(t, 0)[..., None], axis=-1)[..., 0]
+    return jnp.sum((0.9 * nll - 0.1 * logp.mean(-1)) * (t >= 0)) / jnp.sum(t >= 0)
+
+  want, grads = jax.value_and_grad(smoothed_loss)(params)
+  _, m = train.make_train_step(cfg, mesh)(state, train.to_device(batch, mesh), jax.random.key(1))
+  assert float(m["train_sum"] / m["count"]) == pytest.approx(float(want), rel=1e-5)
+  # Without smoothing the step would give the plain cross-entropy, which is logged: it
+  # differs by 10x the tolerance above.
+  assert abs(float(m["train_sum"] - m["loss_sum"])) > 1e-4 * float(m["loss_sum"])
+  assert float(m["grad_norm"]) == pytest.approx(float(optax.tree.norm(grads)), rel=1e-4)
