@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import nlm_jax
-from conftest import random_seqs, write_fasta
+from conftest import numpy_logits, random_seqs, write_fasta
 from nlm_jax import bpe, encodings, export, fasta as fasta_lib, model as model_lib
 from nlm_jax import pretrained, sampler, train
 from nlm_jax.config import Config, UserError
@@ -269,61 +269,7 @@ def numpy_forward(folder, x):
   t = load_file(os.path.join(folder, "model.safetensors"))
   with open(os.path.join(folder, "config.json")) as f:
     c = json.load(f)
-  a = c["base_arch_config"]
-  d, h = a["d_model"], a["h"]
-  b = len(x)
-
-  def lin(v, name):
-    return v @ t[name + ".weight"].T + t[name + ".bias"]
-
-  def norm(v, name):
-    mu, var = v.mean(-1, keepdims=True), v.var(-1, keepdims=True)
-    return (v - mu) / np.sqrt(var + 1e-5) * t[name + ".weight"] + t[name + ".bias"]
-
-  if a["type"] == "BERT":
-    v = t["base_arch.embedder.weight"][x]
-    keys = (x != encodings.PAD).sum(1)
-    pe = t["base_arch.pos_encoder.pe"][0]
-  else:
-    stem = "base_arch.conv_seq_embedder."
-    w = t[stem + "conv_seq_encoder.cse_layers.0.weight"]  # (n_kernels, 4, ks)
-    ks = w.shape[2]
-    p = x.shape[1] // ks
-    onehot = model_lib.ONE_HOT[x[:, :p * ks]].reshape(b, p, ks, 4)
-    v = np.einsum("bpjc,kcj->bpk", onehot, w) + t[stem + "conv_seq_encoder.cse_layers.0.bias"]
-    if a["input_relu"]:
-      v = np.maximum(v, 0)
-    if a["input_linear"]:
-      v = lin(v, stem + "linear")
-    v = np.concatenate([np.broadcast_to(t[stem + "cls_token"], (b, 1, d)), v], axis=1)
-    keys = 1 + np.ceil((x != fasta_lib.PAD).sum(1) / ks).astype(int)
-    pe = t["base_arch.positional_encoder.pe"][0]
-  n = v.shape[1]
-  v = v * math.sqrt(d) + pe[:n]
-  key_ok = np.arange(n)[None, None, None, :] < keys[:, None, None, None]
-  for i in range(a["N"]):
-    layer = f"base_arch.encoder.layers.{i}."
-    u = norm(v, layer + "1.norm")
-    q, k, val = (lin(u, layer + f"0.linears.{j}").reshape(b, n, h, d // h) for j in range(3))
-    s = np.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(d // h)
-    s = np.where(key_ok, s, -np.inf)
-    s = np.exp(s - s.max(-1, keepdims=True))
-    s /= s.sum(-1, keepdims=True)
-    v = v + lin(np.einsum("bhqk,bkhe->bqhe", s, val).reshape(b, n, d), layer + "0.linears.3")
-    u = norm(v, layer + "3.norm")
-    v = v + lin(np.maximum(lin(u, layer + "2.lin_1"), 0), layer + "2.lin_2")
-  v = norm(v, "base_arch.encoder.norm")
-  if a["type"] == "BERT":
-    return lin(v, "mlm_layer")
-  v = v[:, 1:]
-  if c["output_linear"]:
-    v = lin(v, "linear")
-  if c["output_relu"]:
-    v = np.maximum(v, 0)
-  layer = f"transposed_conv_layers.{1 if c['output_relu'] else 0}"
-  w = t[layer + ".weight"]  # (C, 4, ks)
-  out = np.einsum("bpc,coj->bpjo", v, w).reshape(b, -1, 4)
-  return out + t[layer + ".bias"]
+  return numpy_logits(t, c, x)
 
 
 def test_export_round_trip_and_numpy_forward(trained, tmp_path):

@@ -9,8 +9,9 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import random_seqs, write_fasta
-from nlm_jax import checkpoint, fasta as fasta_lib, history, model as model_lib, sampler, synthetic, tasks, train
+from conftest import numpy_logits, random_seqs, write_fasta
+from nlm_jax import checkpoint, export, fasta as fasta_lib, folders, history, model as model_lib
+from nlm_jax import sampler, synthetic, tasks, train
 from nlm_jax.config import Config
 
 # Whole runs use one of the eight fake devices. XLA's in-process CPU collectives have hit
@@ -200,3 +201,37 @@ def test_token_models_train_on_the_label_smoothed_loss(tmp_path):
   # differs by 10x the tolerance above.
   assert abs(float(m["train_sum"] - m["loss_sum"])) > 1e-4 * float(m["loss_sum"])
   assert float(m["grad_norm"]) == pytest.approx(float(optax.tree.norm(grads)), rel=1e-4)
+
+
+def test_one_step_matches_a_numpy_reference(tmp_path):
+  """Faithfulness, not only stability (the golden test pins the implementation's own
+  numbers): the step's loss against a NumPy forward pass written from the formulas of
+  original-behaviour.md 7 (conftest.numpy_logits, on lncRNA-Py's layout of the same
+  parameters), and its update against section 9: Adam's first, bias-corrected step is
+  lr(1) * g / |g| with lr(1) = d_model^-1/2 * warmup^-3/2, here for the head's bias,
+  whose gradient is computed in NumPy too; no parameter moves further."""
+  cfg = tiny(tmp_path)  # conv, no dropout
+  mesh = train.make_mesh(jax.devices()[:1])
+  state = train.init_state(cfg, mesh, jax.random.key(0))
+  before = jax.device_get(state.params)
+  batch = batches(cfg, 1)[0]
+  state, m = train.make_train_step(cfg, mesh)(state, train.to_device(batch, mesh),
+                                              jax.random.key(1))
+  after = jax.device_get(state.params)
+
+  logits = numpy_logits(export.to_tensors(cfg, before), folders.lncrnapy_config(cfg),
+                        batch["inputs"]).astype(np.float64)
+  logp = logits - logits.max(-1, keepdims=True)
+  logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+  selected = batch["targets"] >= 0
+  targets = batch["targets"][selected].astype(int)
+  loss = -logp[selected][np.arange(len(targets)), targets].mean()
+  assert float(m["loss_sum"] / m["count"]) == pytest.approx(loss, rel=1e-5)
+
+  grad_bias = (np.exp(logp[selected]) - np.eye(4)[targets]).mean(0)
+  lr1 = cfg.d_model ** -0.5 * cfg.warmup_steps ** -1.5
+  moved = after["head"]["deconv_bias"] - before["head"]["deconv_bias"]
+  np.testing.assert_allclose(moved, -lr1 * np.sign(grad_bias), rtol=1e-4)
+  largest = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(after),
+                                                           jax.tree.leaves(before)))
+  assert lr1 * 0.99 < largest <= lr1 * (1 + 1e-5)
