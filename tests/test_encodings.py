@@ -214,7 +214,7 @@ def test_each_token_encoding_learns_above_chance(motif_data, kw):
   folder, train_fa, valid_fa = motif_data
   name = kw["encoding_method"]
   cfg = Config(train_fa, valid_fa, bpe_file=str(folder / "64.bpe"), d_model=64, N=2, h=4,
-               context_length=64, batch_size=16, warmup_steps=300, n_samples_per_epoch=2000,
+               context_length=64, batch_size=16, warmup_steps=100, n_samples_per_epoch=2000,
                epochs=3, results_dir=str(folder / f"R_{name}"), model_dir=str(folder / f"M_{name}"),
                **kw)
   rows = train.run(cfg, devices=RUN_DEVICES)
