@@ -24,12 +24,8 @@ IGNORE = -1  # target of a position that is not an MLM target
 Batch = dict[str, np.ndarray]
 
 
-def rng_for(domain: str, *key: int) -> np.random.Generator:
-  """The generator of one use of randomness (`domain`: "order", "row", "eval") at `key`.
-  The domain and the key's length lead the seed: SeedSequence pads a key with zeros, so
-  without them (seed, epoch) and (seed, epoch, 0, 0) would be one stream."""
-  tag = int.from_bytes(domain.encode(), "little")
-  return np.random.default_rng(np.random.SeedSequence([tag, len(key), *(int(k) for k in key)]))
+def rng_for(*key: int) -> np.random.Generator:
+  return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
 
 
 class RowRandom:
@@ -308,8 +304,7 @@ class TrainSampler:
     """This host's sequence indices of batch `step` (0-based) of `epoch` (0-based)."""
     cfg = self.cfg
     if self._order is None or self._order[0] != epoch:  # one permutation per epoch, not per step
-      order = epoch_order(len(self.fa), cfg.n_samples_per_epoch, rng_for("order", cfg.seed, epoch))
-      self._order = (epoch, order)
+      self._order = (epoch, epoch_order(len(self.fa), cfg.n_samples_per_epoch, rng_for(cfg.seed, epoch)))
     local = cfg.batch_size // self.process_count
     first = step * cfg.batch_size + self.process_index * local
     return self._order[1][first:first + local]
@@ -324,8 +319,7 @@ class TrainSampler:
     indices = self.indices(epoch, step)
     local = cfg.batch_size // self.process_count
     first = self.process_index * local  # this host's first row of the global batch
-    rng = RowRandom([rng_for("row", cfg.seed, epoch, step, first + row)
-                     for row in range(len(indices))])
+    rng = RowRandom([rng_for(cfg.seed, epoch, step, first + row) for row in range(len(indices))])
     codes, ended = read_windows(self.fa, indices, enc.window, rng, enc.unit,
                                 not cfg.no_random_reading_frame)
     batch = enc.batch(codes, ended, rng, labels_of(self.fa, indices))
@@ -342,7 +336,7 @@ def eval_set(fa: Source, indices: np.ndarray, encoding: Encoding, seed: int) -> 
   """Fixed windows (the 5' start) and masks drawn once from `seed`: the figures
   computed on this set move only when the model does."""
   codes, ended = read_windows(fa, indices, encoding.window, None, encoding.unit, False)
-  return encoding.batch(codes, ended, rng_for("eval", seed), labels_of(fa, indices))
+  return encoding.batch(codes, ended, rng_for(seed), labels_of(fa, indices))
 
 
 def eval_sizes(n_train: int, n_valid: int, n_eval: int) -> tuple[int, int]:

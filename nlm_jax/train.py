@@ -128,18 +128,19 @@ def with_params_from(state: TrainState, path: str, cfg: Config) -> TrainState:
 
 def make_train_step(cfg: Config, mesh: Mesh, task: tasks_lib.Task | None = None) -> Callable:
   """(state, batch, key) -> (state, metrics): batch sharded over `data`, state replicated
-  and donated, so parameters and optimizer state are updated in place; `key` is the
-  step's dropout key (dropout_key). The task gives the loss (token models train with
-  label smoothing 0.1, as lncRNA-Py)."""
+  and donated, so parameters and optimizer state are updated in place. The task gives
+  the loss (token models train with label smoothing 0.1, as lncRNA-Py)."""
   task = task or tasks_lib.for_config(cfg)
   model = model_lib.build(cfg)
   replicated = NamedSharding(mesh, P())
   rows = NamedSharding(mesh, P("data"))
 
   def step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array):
+    dropout_key = jax.random.fold_in(key, state.step)
+
     def loss_fn(params):
       outputs = model.apply({"params": params}, batch["inputs"], train=True,
-                            rngs={"dropout": key})
+                            rngs={"dropout": dropout_key})
       return task.loss(outputs, batch, train=True)
 
     (objective, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -154,13 +155,6 @@ def make_train_step(cfg: Config, mesh: Mesh, task: tasks_lib.Task | None = None)
 
   return jax.jit(step, in_shardings=(replicated, rows, replicated),
                  out_shardings=(replicated, replicated), donate_argnums=0)
-
-
-def dropout_key(key: jax.Array, epoch: int, step: int) -> jax.Array:
-  """The dropout key of batch `step` of `epoch`: like the batch itself, a function of
-  where it falls in the run (not of the updates applied so far, which a batch without
-  targets does not advance), so a resumed run draws what an uninterrupted one would."""
-  return jax.random.fold_in(jax.random.fold_in(key, epoch), step)
 
 
 def make_eval_step(cfg: Config, mesh: Mesh, task: tasks_lib.Task | None = None) -> Callable:
@@ -346,7 +340,7 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
            cfg.exp_name)
   log.info(data.description)
 
-  init_key, dropout_base = jax.random.split(jax.random.key(cfg.seed))
+  init_key, dropout_key = jax.random.split(jax.random.key(cfg.seed))
   state = init_state(cfg, mesh, init_key, task)
   rows: list[dict[str, float]] = []
   best, first_epoch, first_step = -np.inf, 0, 0
@@ -376,7 +370,7 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
   t0, hits = time.perf_counter(), _cache_hits[:1]
   train_step = make_train_step(cfg, mesh, task).lower(
       state, to_device(encoding.empty_rows(cfg.batch_size // jax.process_count()), mesh),
-      dropout_base).compile()
+      dropout_key).compile()
   eval_step = make_eval_step(cfg, mesh, task).lower(
       state.params, to_device(encoding.empty_rows(eval_rows // jax.process_count()), mesh)
   ).compile()
@@ -419,8 +413,7 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
         # Dispatch is asynchronous: the next batch is sampled while this step runs.
         batch = next(stream)
         real_nucleotides += encoding.real_nucleotides(batch) * jax.process_count()
-        state, metrics = train_step(state, to_device(batch, mesh),
-                                    dropout_key(dropout_base, epoch, step))
+        state, metrics = train_step(state, to_device(batch, mesh), dropout_key)
         pending.append((step, metrics))
         if line.due():  # steps finish in order: the dispatched ones not ready yet are the last
           line.update(step + 1 - sum(not m["loss_sum"].is_ready() for _, m in pending))
