@@ -71,14 +71,22 @@ def quiet_libraries(level: int = logging.WARNING) -> None:
 
 
 def _quiet_threads() -> None:
-  """Library threads that die of a full disk print no traceback (the main thread reports)."""
-  default = threading.excepthook
+  """Library threads that die of a full disk print no traceback (the main thread reports).
+  Nor do the writes a failed save left running: orbax closes its event loop once one write
+  fails, and each tensorstore write that ends later finds it closed ("Event loop is closed",
+  through sys.unraisablehook, from tensorstore's threads)."""
+  default, default_unraisable = threading.excepthook, sys.unraisablehook
 
   def hook(args):
     if not is_disk_full(f"{args.exc_type.__name__}: {args.exc_value}"):
       default(args)
 
-  threading.excepthook = hook
+  def unraisable_hook(args):
+    text = f"{args.exc_type.__name__}: {args.exc_value}"
+    if not (is_disk_full(text) or text == "RuntimeError: Event loop is closed"):
+      default_unraisable(args)
+
+  threading.excepthook, sys.unraisablehook = hook, unraisable_hook
 
 
 def is_out_of_memory(e: BaseException) -> bool:
