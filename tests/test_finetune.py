@@ -137,7 +137,7 @@ def test_finetune_defaults_are_the_originals():
   assert cfg.exp_name == "CLS_conv_nm768_sm9_dm768_N12_bs8_lr1e-05_wd0_cl768_d0"
   assert parse(*FILES, "--encoding_method=kmer", "--k=3", "--hidden_cls_layers=256,128",
                "--no_weighted_loss", "--no_random_reading_frame").exp_name == (
-                   "CLS_kmer_k3_dm768_N12_bs8_lr1e-05_wd0_cl768_d0_hl256-128--no_weighted_loss")
+                   "CLS_kmer_k3_dm768_N12_bs8_lr1e-05_wd0_cl768_d0_hl256-128--no_weighted_loss--no_rrf")
 
 
 def test_pretrained_model_brings_its_architecture(pretrained_folder):
