@@ -1,16 +1,19 @@
 """The Config of a command line: the flags (config.py) completed from the files they name,
 the architecture of an --init_from or --pretrained_model folder (folders.py) and the
 vocabulary size of a --bpe_file (encodings.py). Here, above all three, so that the
-configuration itself imports none of them.
+configuration itself imports none of them. `train` runs the command: the body that
+`pretrain` and `finetune` share.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import sys
+from typing import Any, Callable
 
 from absl import flags
 
+from nlm_jax import cli
 from nlm_jax.config import Config
 from nlm_jax.errors import UserError
 
@@ -67,3 +70,26 @@ def from_finetune_flags(fv: flags.FlagValues, positional: list[str]) -> Config:
     vocab = encodings.BpeTokenizer(cfg.bpe_path, cfg.context_length).vocab_size
     cfg = dataclasses.replace(cfg, bpe_vocab_size=vocab)
   return cfg
+
+
+def train(prog: str, fv: flags.FlagValues, argv: list[str],
+          to_config: Callable[[flags.FlagValues, list[str]], Config]) -> None:
+  """The main of `pretrain` and `finetune`: flags -> Config -> train.run(cfg), where every
+  way the run can stop (bad input, out of memory, SIGTERM, Ctrl-C) ends in one line."""
+  with cli.one_line_errors(prog, "--batch_size (or --context_length)"):
+    cfg = to_config(fv, argv[1:])
+    from nlm_jax import train as train_lib  # after validation: importing JAX takes seconds
+
+    train_lib.use_compilation_cache(fv.compilation_cache)
+    if fv.distributed:
+      train_lib.initialize_distributed(fv.coordinator_address, fv.num_processes, fv.process_id)
+    cli.quiet_libraries()
+    try:
+      train_lib.run(cfg)
+    except train_lib.Stopped as e:  # SIGTERM, Ctrl-C in the training steps, a non-finite loss
+      print(f"{prog}: {e}", file=sys.stderr)
+      sys.exit(e.status)
+    except KeyboardInterrupt:  # Ctrl-C outside the training steps (set-up, compilation)
+      print(f"{prog}: interrupted (Ctrl-C); every checkpoint saved so far is whole: run the "
+            "same command to go on from the last one.", file=sys.stderr)
+      sys.exit(130)

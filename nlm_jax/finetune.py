@@ -9,8 +9,6 @@ This entry point is intentionally kept short: flags -> Config -> train.run(cfg),
 that pre-training uses.
 """
 
-import sys
-
 from absl import app
 from absl import flags
 
@@ -26,27 +24,7 @@ PROG = "nlm_jax.finetune"
 
 
 def main(argv: list[str]) -> None:
-  with cli.one_line_errors(PROG, "--batch_size (or --context_length)"):
-    cfg = command.from_finetune_flags(FLAGS, argv[1:])
-    from nlm_jax import train  # after validation: importing JAX takes a second or two
-
-    train.use_compilation_cache(FLAGS.compilation_cache)
-
-    if FLAGS.distributed:
-      train.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                   FLAGS.process_id)
-
-    cli.quiet_libraries()
-
-    try:
-      train.run(cfg)
-    except train.Stopped as e:  # SIGTERM, Ctrl-C in the training steps, a non-finite loss
-      print(f"{PROG}: {e}", file=sys.stderr)
-      sys.exit(e.status)
-    except KeyboardInterrupt:  # Ctrl-C outside the training steps (set-up, compilation)
-      print(f"{PROG}: interrupted (Ctrl-C); every checkpoint saved so far is whole: run the "
-            "same command to go on from the last one.", file=sys.stderr)
-      sys.exit(130)
+  command.train(PROG, FLAGS, argv, command.from_finetune_flags)
 
 
 if __name__ == "__main__":
