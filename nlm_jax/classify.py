@@ -28,7 +28,7 @@ from absl import flags
 from nlm_jax import allocator
 from nlm_jax import cli
 from nlm_jax import fasta as fasta_lib
-from nlm_jax.config import UserError, check_writable
+from nlm_jax.config import UserError
 
 HEADER = ("id", "P(pcRNA)", "class")
 
@@ -36,24 +36,9 @@ HEADER = ("id", "P(pcRNA)", "class")
 def check_output(out: str, overwrite: bool) -> None:
   """OUT must be a new .csv, or with --overwrite one that classify wrote, outside any
   model or export folder."""
-  from nlm_jax.export import holder_of
+  from nlm_jax.export import check_output_file
 
-  if not out.endswith(".csv"):
-    raise UserError(f"OUT {out!r} must end in .csv.")
-  if os.path.isdir(out):
-    raise UserError(f"OUT {out!r} is a folder: pass a file name ending in .csv.")
-  if os.path.lexists(out):
-    if not overwrite:
-      raise UserError(f"OUT {out!r} exists: choose another name or add --overwrite.")
-    if os.path.islink(out) or not _is_classification_file(out):
-      raise UserError(f"OUT {out!r} is no file that classify wrote (--overwrite replaces only "
-                      "those): choose another name.")
-  folder = os.path.dirname(os.path.abspath(out))
-  holder = holder_of(folder)
-  if holder is not None:
-    raise UserError(f"OUT {out!r} lies inside {holder!r}, which holds a model or an export: "
-                    "write it elsewhere.")
-  check_writable(folder, "output", "OUT")
+  check_output_file(out, overwrite, ".csv", "classify", _is_classification_file)
 
 
 def _is_classification_file(path: str) -> bool:

@@ -32,7 +32,7 @@ from absl import flags
 from nlm_jax import allocator
 from nlm_jax import cli
 from nlm_jax import fasta as fasta_lib
-from nlm_jax.config import UserError, check_writable
+from nlm_jax.config import UserError
 
 _POOLING = flags.DEFINE_enum("pooling", "mean", ["mean", "max", "cls"],
                              "mean or max over the real positions, or the CLS output.")
@@ -101,24 +101,9 @@ def _is_embedding_file(path: str) -> bool:
 def check_output(out: str, overwrite: bool) -> None:
   """OUT must be a new .npz, or with --overwrite one that embed wrote, outside any model
   or export folder."""
-  from nlm_jax.export import holder_of
+  from nlm_jax.export import check_output_file
 
-  if not out.endswith(".npz"):
-    raise UserError(f"OUT {out!r} must end in .npz.")
-  if os.path.isdir(out):
-    raise UserError(f"OUT {out!r} is a folder: pass a file name ending in .npz.")
-  if os.path.lexists(out):
-    if not overwrite:
-      raise UserError(f"OUT {out!r} exists: choose another name or add --overwrite.")
-    if os.path.islink(out) or not _is_embedding_file(out):
-      raise UserError(f"OUT {out!r} is no file that embed wrote (--overwrite replaces only "
-                      "those): choose another name.")
-  folder = os.path.dirname(os.path.abspath(out))
-  holder = holder_of(folder)
-  if holder is not None:
-    raise UserError(f"OUT {out!r} lies inside {holder!r}, which holds a model or an export: "
-                    "write it elsewhere.")
-  check_writable(folder, "output", "OUT")
+  check_output_file(out, overwrite, ".npz", "embed", _is_embedding_file)
 
 
 def embed_fasta(model_dir: str, fasta_path: str, out: str, pooling: str = "mean",

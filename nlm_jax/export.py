@@ -27,7 +27,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from absl import flags
@@ -173,6 +173,28 @@ def holder_of(path: str) -> str | None:
     if parent == folder:
       return None
     folder = parent
+
+
+def check_output_file(out: str, overwrite: bool, suffix: str, command: str,
+                      written_here: Callable[[str], bool]) -> None:
+  """OUT of embed or classify: a new `suffix` file, or with --overwrite one that `command`
+  wrote (`written_here`), outside any model or export folder."""
+  if not out.endswith(suffix):
+    raise UserError(f"OUT {out!r} must end in {suffix}.")
+  if os.path.isdir(out):
+    raise UserError(f"OUT {out!r} is a folder: pass a file name ending in {suffix}.")
+  if os.path.lexists(out):
+    if not overwrite:
+      raise UserError(f"OUT {out!r} exists: choose another name or add --overwrite.")
+    if os.path.islink(out) or not written_here(out):
+      raise UserError(f"OUT {out!r} is no file that {command} wrote (--overwrite replaces only "
+                      "those): choose another name.")
+  folder = os.path.dirname(os.path.abspath(out))
+  holder = holder_of(folder)
+  if holder is not None:
+    raise UserError(f"OUT {out!r} lies inside {holder!r}, which holds a model or an export: "
+                    "write it elsewhere.")
+  check_writable(folder, "output", "OUT")
 
 
 def _holds_model(folder: str) -> bool:
