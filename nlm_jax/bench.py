@@ -2,7 +2,7 @@ r"""Throughput benchmark: train step, matmul peak, host sampler and FASTA stream
 
   .venv/bin/python -m nlm_jax.bench     # every configuration: about 9.5 min on 2 CPU cores
   .venv/bin/python -m nlm_jax.bench --configs=demo_conv --steps=20 --fasta_gb=0
-  .venv/bin/python -m nlm_jax.bench --configs=e2e,e2e_system --fasta_gb=0   # the whole command
+  .venv/bin/python -m nlm_jax.bench --configs=e2e,e2e_system,e2e_one_device --fasta_gb=0   # the whole command
 
 stdout holds one JSON line per training configuration, then one for FASTA streaming
 (progress goes to stderr), so `... | tee bench.jsonl` keeps a machine-readable record.
@@ -57,8 +57,11 @@ samples, warm-up 100, seed 0) on GENCODE's 2,686 human lncRNAs (the shared data 
 the project, when present: data "gencode") split 2,186 train / 500 valid, else on a
 generated FASTA of the same size and length distribution ("generated"). Configuration e2e
 runs it twice with mimalloc, in a new compilation cache ("cold") and again in the same
-("warm"); e2e_system once with NLM_JAX_ALLOCATOR=system in a new cache. Fields:
+("warm"); e2e_system once with NLM_JAX_ALLOCATOR=system in a new cache; e2e_one_device
+as e2e (cold, then warm) with --cpu_devices=1, the command before it split each batch over
+one CPU device per core. Fields:
   data, n_train, n_valid, flags (the command's model flags), allocator (from its log),
+  devices (the command's JAX devices, from its log),
   compilation_cache (cold or warm), compiled_from_cache (its log says the steps were
   loaded from the cache).
   wall_s; user_s, sys_s, minor_faults, max_rss_bytes: the child's resource usage
@@ -132,7 +135,7 @@ E2E_FLAGS = ("--d_model=128", "--N=2", "--n_kernels=128", "--kernel_size=9",
              "--context_length=256", "--batch_size=8", "--epochs=3", "--n_samples_per_epoch=400",
              "--warmup_steps=100", "--seed=0")
 E2E_SPLIT = (2186, 500)
-E2E_CONFIGS = ("e2e", "e2e_system")
+E2E_CONFIGS = ("e2e", "e2e_system", "e2e_one_device")
 # The GENCODE lncRNAs of the shared data folder next to a checkout, when present.
 GENCODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
                        "gencode_human_lncrna.fasta")
@@ -141,6 +144,7 @@ _FINISHED_RE = re.compile(r"training finished in ([\d.]+) s \(training ([\d.]+) 
 _REAL_NT_RE = re.compile(r"([\d.e+]+) real nt/s")
 _ALLOCATOR_RE = re.compile(r"(malloc: [^;]+);")
 _ACCURACY_RE = re.compile(r"Accuracy\|valid ([\d.]+)")
+_DEVICES_RE = re.compile(r"(\d+) devices \((\w+)\)")
 DEFAULT_STEPS = {"demo_conv": (3, 20), "base_conv": (1, 2), "base_kmer": (1, 2),
                  "demo_kmer": (3, 20)}
 
@@ -499,12 +503,13 @@ def child_env(allocator_choice: str) -> dict[str, str]:
 
 
 def e2e_record(name: str, folder: str, train: str, valid: str, source: str, cache: str,
-               cache_state: str, allocator_choice: str) -> dict[str, Any]:
+               cache_state: str, allocator_choice: str, extra: tuple[str, ...] = ()
+               ) -> dict[str, Any]:
   """Runs the pre-training command in a subprocess; wall, user and system seconds, faults and
   peak memory of the child (os.wait4), and the split of its wall time from its log."""
   run_dir = os.path.join(folder, f"run_{name}_{cache_state}")
   shutil.rmtree(run_dir, ignore_errors=True)
-  cmd = [sys.executable, "-m", "nlm_jax.pretrain", train, valid, *E2E_FLAGS, *_E2E_FLAGS.value,
+  cmd = [sys.executable, "-m", "nlm_jax.pretrain", train, valid, *E2E_FLAGS, *extra, *_E2E_FLAGS.value,
          f"--model_dir={run_dir}/models", f"--results_dir={run_dir}/results",
          f"--compilation_cache={cache}"]
   load_1m = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -528,8 +533,10 @@ def e2e_record(name: str, folder: str, train: str, valid: str, source: str, cach
   rss = usage.ru_maxrss if sys.platform == "darwin" else usage.ru_maxrss * 1024
   return {
       "kind": "e2e", "config": name, "data": source, "n_train": E2E_SPLIT[0],
-      "n_valid": E2E_SPLIT[1], "flags": " ".join([*E2E_FLAGS, *_E2E_FLAGS.value]),
-      "allocator": _ALLOCATOR_RE.search(log_text).group(1), "compilation_cache": cache_state,
+      "n_valid": E2E_SPLIT[1], "flags": " ".join([*E2E_FLAGS, *extra, *_E2E_FLAGS.value]),
+      "allocator": _ALLOCATOR_RE.search(log_text).group(1),
+      "devices": "{} {}".format(*_DEVICES_RE.search(log_text).groups()),
+      "compilation_cache": cache_state,
       "compiled_from_cache": "(from the compilation cache)" in log_text,
       "wall_s": wall, "user_s": usage.ru_utime, "sys_s": usage.ru_stime,
       "minor_faults": usage.ru_minflt, "max_rss_bytes": rss,
@@ -548,17 +555,20 @@ def e2e_records(folder: str, configs: list[str]) -> None:
       f"{' '.join([*E2E_FLAGS, *_E2E_FLAGS.value])}")
   runs = []
   if "e2e" in configs:
-    runs += [("e2e", "cache_mimalloc", "cold", "mimalloc"),
-             ("e2e", "cache_mimalloc", "warm", "mimalloc")]
+    runs += [("e2e", "cache_mimalloc", "cold", "mimalloc", ()),
+             ("e2e", "cache_mimalloc", "warm", "mimalloc", ())]
   if "e2e_system" in configs:
-    runs.append(("e2e_system", "cache_system", "cold", "system"))
-  for name, cache_name, cache_state, choice in runs:
+    runs.append(("e2e_system", "cache_system", "cold", "system", ()))
+  if "e2e_one_device" in configs:
+    runs += [("e2e_one_device", "cache_one_device", "cold", "mimalloc", ("--cpu_devices=1",)),
+             ("e2e_one_device", "cache_one_device", "warm", "mimalloc", ("--cpu_devices=1",))]
+  for name, cache_name, cache_state, choice, extra in runs:
     cache = os.path.join(folder, cache_name)
     if cache_state == "cold":
       shutil.rmtree(cache, ignore_errors=True)
-    log(f"{name}: {choice} malloc, {cache_state} compilation cache")
-    record = e2e_record(name, folder, train, valid, source, cache, cache_state, choice)
-    log(f"  {record['wall_s']:.1f} s wall (start-up {record['startup_s']:.1f}, training "
+    log(f"{name}: {choice} malloc, {cache_state} compilation cache {' '.join(extra)}")
+    record = e2e_record(name, folder, train, valid, source, cache, cache_state, choice, extra)
+    log(f"  {record['devices']}: {record['wall_s']:.1f} s wall (start-up {record['startup_s']:.1f}, training "
         f"{record['train_s']:.1f}, evaluation {record['eval_s']:.1f}), user {record['user_s']:.1f} s, "
         f"sys {record['sys_s']:.1f} s, {record['minor_faults'] / 1e6:.2f} M minor faults, "
         f"Accuracy|valid {record['accuracy_valid']:.4f}")

@@ -157,6 +157,13 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS, task: str = "mlm") -> None:
       "Folder of JAX's persistent compilation cache: a second run or a resume of the same "
       "configuration skips compiling. Default: $NLM_JAX_COMPILATION_CACHE, else nlm_jax/xla "
       "in the user's cache folder ($XDG_CACHE_HOME or ~/.cache); 'none' turns it off.", **d)
+  flags.DEFINE_integer(
+      "cpu_devices", 0,
+      "On a CPU, split each batch over this many JAX devices (data parallel inside one "
+      "machine: XLA keeps the cores busier with one device per core). 0: one per core, at "
+      "most the batch size, a divisor of it. Ignored when XLA_FLAGS sets "
+      "--xla_force_host_platform_device_count, with --distributed, and on GPUs and TPUs.",
+      lower_bound=0, **d)
   flags.DEFINE_boolean(
       "distributed", False,
       "Call jax.distributed.initialize() first, for multi-host TPU VMs and GPU clusters "

@@ -3,7 +3,9 @@ One measurement, shared by the training log and nlm_jax.bench, so their MFUs agr
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from typing import Any
 
@@ -47,3 +49,32 @@ def peak_flops(dtype: Any, n: int | None = None, device: jax.Device | None = Non
     jax.block_until_ready(chain(a_NxN, b_NxN))
     best = min(best, time.perf_counter() - t0)
   return 2 * n ** 3 * iters / best, iters
+
+
+def cached_peak_flops(dtype: Any, device: jax.Device, folder: str | None) -> tuple[float, bool]:
+  """peak_flops(dtype, device=device, repeats=2), measured once per JAX version, device
+  kind, dtype and core count and kept in folder/peak_flops.json (the compilation cache's
+  folder: start-up skips the ~0.6 s measurement). folder None: measured every time.
+  Returns (FLOP/s, whether it came from the file)."""
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  key = f"jax {jax.__version__} {device.platform} {device.device_kind} {jnp.dtype(dtype)} {cores} cores"
+  path = folder and os.path.join(folder, "peak_flops.json")
+  known: dict[str, float] = {}
+  if path and os.path.exists(path):
+    try:
+      with open(path) as f:
+        known = json.load(f)
+    except (OSError, ValueError):
+      known = {}
+  if isinstance(known.get(key), float):
+    return known[key], True
+  peak, _ = peak_flops(dtype, device=device, repeats=2)
+  if path:
+    try:  # written whole, then renamed: a concurrent reader sees the old file or the new
+      tmp = f"{path}.{os.getpid()}.tmp"
+      with open(tmp, "w") as f:
+        json.dump({**known, key: peak}, f, indent=1)
+      os.replace(tmp, path)
+    except OSError:
+      pass
+  return peak, False

@@ -1,17 +1,23 @@
-"""history.csv and the loss and accuracy plots, rewritten after every epoch, and the
-progress line inside an epoch. Epochs are counted from 1 everywhere: the log, history.csv,
-the plots and TensorBoard."""
+"""What a run reports: history.csv, the plots and TensorBoard after every epoch, the
+progress line inside an epoch and the epoch's log line, all from one place (EpochReport).
+Epochs are counted from 1 everywhere: the log, history.csv, the plots and TensorBoard."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import sys
 import time
-from typing import Callable, TextIO
+from typing import Any, Callable, TextIO
 
 from nlm_jax.errors import UserError
+
+log = logging.getLogger(__name__)  # cli.quiet_libraries keeps nlm_jax's loggers
+# The plots are redrawn after an epoch at most this often, and after the last one: with
+# matplotlib they cost ~0.3 s, as much as a tiny model's epoch.
+PLOT_EVERY_S = 60.0
 
 # NucAccuracy: per-nucleotide accuracy, comparable across encodings (= Accuracy for conv).
 COLUMNS = ("Loss|train", "Accuracy|train", "NucAccuracy|train",
@@ -30,6 +36,11 @@ def _replace(path: str, write) -> None:
       os.remove(tmp)
     raise UserError(f"writing {path!r} failed ({e.strerror or e}): free disk space or choose "
                     "a writable --results_dir, then run the same command to resume.") from None
+
+
+def columns(figures: tuple[str, ...]) -> tuple[str, ...]:
+  """history.csv's columns, as lncRNA-Py orders them: every figure on train, then on valid."""
+  return tuple(f"{f}|{split}" for split in ("train", "valid") for f in figures)
 
 
 def write_csv(path: str, rows: list[dict[str, float]], columns: tuple[str, ...] = COLUMNS) -> None:
@@ -137,3 +148,98 @@ class ProgressLine:
     self.stream.write("\r\x1b[K" + " | ".join(fields)[:width])
     self.stream.flush()
     self.shown = True
+
+
+class EpochReport:
+  """Everything the reader sees of a run's epochs: the progress line while one trains, then
+  the log line (every process) and history.csv, the plots and the TensorBoard scalars (the
+  writing process: results_path set). Keeps the time spent training and evaluating."""
+
+  def __init__(self, results_path: str | None, epochs: int, first_epoch: int,
+               steps_per_epoch: int, samples_per_step: int, window: int,
+               figures: tuple[str, ...], progress_columns: tuple[str, ...],
+               flops_per_step: float, peak_flops: float, progress: bool):
+    self.results_path, self.epochs, self.first_epoch = results_path, epochs, first_epoch
+    self.spe, self.samples_per_step, self.window = steps_per_epoch, samples_per_step, window
+    self.figures, self.progress_columns = figures, progress_columns
+    self.flops_per_step, self.peak_flops = flops_per_step, peak_flops
+    self.line = ProgressLine(progress and results_path is not None)
+    self.tb = None
+    if results_path is not None:
+      from tensorboardX import SummaryWriter  # event files next to history.csv
+
+      self.tb = SummaryWriter(results_path)
+    self.seconds = {"training": 0.0, "evaluation": 0.0}
+    self.run_start = self.epoch_start = time.perf_counter()
+    self.train_seconds, self.first_step = 0.0, 0
+    self.plotted, self.plotted_at = 0, -float("inf")
+
+  def start_epoch(self, epoch: int, first_step: int) -> None:
+    self.epoch_start, self.first_step = time.perf_counter(), first_step
+    self.line.start(f"epoch {epoch + 1}/{self.epochs}", first_step, self.spe)
+
+  def step(self, step: int, not_ready: Callable[[], int]) -> None:
+    """Step `step` was dispatched; not_ready() counts the dispatched steps not finished."""
+    if self.line.due():
+      self.line.update(step + 1 - not_ready())
+
+  def evaluating(self) -> None:
+    self.train_seconds = time.perf_counter() - self.epoch_start
+    self.line.note("evaluating")
+
+  def end_epoch(self, epoch: int, rows: list[dict[str, float]], improved: bool,
+                train: dict[str, float], learning_rate: float) -> None:
+    """rows: the history, this epoch's last; train: the sums of its steps (loss_sum, count,
+    grad_norm, steps, real_nucleotides); learning_rate: of its last update."""
+    self.seconds["training"] += self.train_seconds
+    self.seconds["evaluation"] += time.perf_counter() - self.epoch_start - self.train_seconds
+    steps_per_s = (self.spe - self.first_step) / self.train_seconds
+    throughput = {"steps_per_s": steps_per_s,
+                  "samples_per_s": steps_per_s * self.samples_per_step,
+                  "nucleotides_per_s": steps_per_s * self.samples_per_step * self.window,
+                  # what other tools count: padding and a window's unused part excluded
+                  "real_nucleotides_per_s": train["real_nucleotides"] / self.train_seconds,
+                  "mfu": self.flops_per_step * steps_per_s / self.peak_flops}
+    if self.results_path is not None:
+      write_csv(os.path.join(self.results_path, "history.csv"), rows, columns(self.figures))
+      if epoch + 1 == self.epochs or time.perf_counter() - self.plotted_at >= PLOT_EVERY_S:
+        self.plot(rows)
+      self._scalars(epoch + 1, rows[-1], train, throughput, learning_rate)
+    elapsed = time.perf_counter() - self.run_start
+    left = elapsed / (epoch + 1 - self.first_epoch) * (self.epochs - epoch - 1)
+    row = rows[-1]
+    self.line.clear()
+    log.info("epoch %d/%d | %s%s | lr %.3g | %.1f steps/s, %.0f samples/s, %.3g nt/s (%.3g real "
+             "nt/s), MFU %.1f%% | %s elapsed, %s left", epoch + 1, self.epochs,
+             " ".join(f"{k} {row[k]:.4f}" for k in self.progress_columns),
+             " (best)" if improved else "", learning_rate, steps_per_s,
+             throughput["samples_per_s"], throughput["nucleotides_per_s"],
+             throughput["real_nucleotides_per_s"], 100 * throughput["mfu"], duration(elapsed),
+             duration(left))
+
+  def _scalars(self, x: int, row: dict[str, float], train: dict[str, float],
+               throughput: dict[str, float], learning_rate: float) -> None:
+    for k, v in row.items():
+      self.tb.add_scalar(k.replace("|", "/"), v, x)
+    self.tb.add_scalar("train/batch_loss", train["loss_sum"] / max(train["count"], 1), x)
+    self.tb.add_scalar("train/grad_norm", train["grad_norm"] / max(train["steps"], 1), x)
+    self.tb.add_scalar("train/learning_rate", learning_rate, x)
+    for k, v in throughput.items():
+      self.tb.add_scalar(f"throughput/{k}", v, x)
+    self.tb.flush()
+
+  def plot(self, rows: list[dict[str, float]]) -> None:
+    """Redraws the plots when epochs were added since they were last drawn."""
+    if self.results_path is not None and len(rows) > self.plotted:
+      plot(self.results_path, rows, self.figures)
+      self.plotted, self.plotted_at = len(rows), time.perf_counter()
+
+  def close(self) -> None:
+    self.line.clear()
+    if self.tb is not None:
+      self.tb.close()
+
+  def finish(self, best_metric: str, best: float, checkpoint_path: str) -> None:
+    log.info("training finished in %.1f s (training %.1f s, evaluation %.1f s); best %s %.4f; "
+             "checkpoint in %s", time.perf_counter() - self.run_start, self.seconds["training"],
+             self.seconds["evaluation"], best_metric, best, checkpoint_path)

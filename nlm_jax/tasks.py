@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from nlm_jax import fasta as fasta_lib
+from nlm_jax import history as history_lib
 from nlm_jax import model as model_lib
 from nlm_jax import optim
 from nlm_jax import sampler as sampler_lib
@@ -37,11 +38,6 @@ class Data:
   eval_sets: dict[str, sampler_lib.Batch]
   identities: dict[str, str]
   description: str  # for the log
-
-
-def columns(figures: tuple[str, ...]) -> tuple[str, ...]:
-  """history.csv's columns, as lncRNA-Py orders them: every figure on train, then on valid."""
-  return tuple(f"{f}|{split}" for split in ("train", "valid") for f in figures)
 
 
 class MaskedLM:
@@ -80,7 +76,7 @@ class MaskedLM:
 
   def progress_columns(self) -> tuple[str, ...]:
     """The figures of the progress line: NucAccuracy only where it differs from Accuracy."""
-    return tuple(c for c in columns(self.figures_names)
+    return tuple(c for c in history_lib.columns(self.figures_names)
                  if self.cfg.is_token or not c.startswith("Nuc"))
 
   def optimizer(self) -> optax.GradientTransformation:

@@ -54,6 +54,23 @@ def initialize_distributed(coordinator_address: str | None = None,
                     "--num_processes and --process_id.") from None
 
 
+def use_cpu_devices(count: int, batch_size: int) -> int:
+  """Before JAX starts its backends: `count` CPU devices (0: one per core this process may
+  use, reduced to a divisor of the batch size), so that a batch is split over the cores as
+  over GPUs (two devices on two cores ran the bench's e2e steps 1.25x faster than one).
+  The user's XLA_FLAGS device count wins. Returns the number set, 0 where none was."""
+  if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    return 0
+  if not count:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    count = max(n for n in range(1, min(cores or 1, batch_size) + 1) if batch_size % n == 0)
+  try:
+    jax.config.update("jax_num_cpu_devices", count)
+  except RuntimeError:  # the backends are up already (an in-process caller): keep theirs
+    return 0
+  return count
+
+
 def use_compilation_cache(folder: str | None = None) -> str | None:
   """Turns on JAX's persistent compilation cache in `folder`: a second run or a resume of
   the same configuration loads its compiled steps instead of compiling them again. None:
@@ -104,9 +121,7 @@ def init_state(cfg: Config, mesh: Mesh, key: jax.Array,
     params = model.init(key, dummy_inputs(cfg))["params"]
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
-  abstract = jax.eval_shape(init, key)
-  shardings = jax.tree.map(lambda _: NamedSharding(mesh, P()), abstract)
-  return jax.jit(init, out_shardings=shardings)(key)
+  return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(key)  # one sharding for all
 
 
 def with_params_from(state: TrainState, path: str, cfg: Config) -> TrainState:
@@ -184,20 +199,31 @@ def process_rows(batch: sampler_lib.Batch) -> sampler_lib.Batch:
   return {k: v[first:first + n] for k, v in batch.items()}
 
 
+def wait_for_previous(outputs: list[Any]) -> None:
+  """Waits for the step before the one just dispatched (outputs: the steps' outputs in
+  order): the host prepares the next batch while one step runs and one waits, never more.
+  With more steps queued, XLA's CPU runtime deadlocked in the all-reduce of 2 or 3 CPU
+  devices (aborting after 40 s: "Termination timeout for all reduce")."""
+  if len(outputs) > 1:
+    jax.block_until_ready(outputs[-2])
+
+
 def evaluate(eval_step: Callable, params: Any, data: sampler_lib.Batch, mesh: Mesh,
              batch_rows: int, task: tasks_lib.Task) -> dict[str, float]:
   """The task's figures over all of `data` (for MLM: Loss, Accuracy and NucAccuracy over
   all selected positions)."""
   encoding = task.encoding
   n = len(data["inputs"])
-  totals = None
+  sums: list[dict[str, jax.Array]] = []
   for first in range(0, n, batch_rows):
     batch = {k: v[first:first + batch_rows] for k, v in data.items()}
     if len(batch["inputs"]) < batch_rows:  # static shapes: fill with rows without targets
       batch = sampler_lib.concat([batch, encoding.empty_rows(batch_rows - len(batch["inputs"]))])
-    sums = eval_step(params, to_device(process_rows(batch), mesh))
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  return task.figures({k: float(v) for k, v in jax.device_get(totals).items()})
+    sums.append(eval_step(params, to_device(process_rows(batch), mesh)))
+    wait_for_previous(sums)
+  # Added up on the host in float64: one transfer, no device call per batch and figure.
+  fetched = jax.device_get(sums)
+  return task.figures({k: float(np.sum([np.float64(f[k]) for f in fetched])) for k in fetched[0]})
 
 
 class Stopped(Exception):
@@ -302,187 +328,187 @@ def _keep_earlier_results(cfg: Config) -> None:
   log.info("the earlier run's results are kept as %s", aside)
 
 
+@dataclasses.dataclass
+class Position:
+  """Where a run stands: the history (one row per epoch done), the best figure so far, and
+  the next step to train (epoch, step), as a checkpoint's metadata keeps them."""
+  rows: list[dict[str, float]] = dataclasses.field(default_factory=list)
+  best: float = -np.inf
+  epoch: int = 0
+  step: int = 0
+
+  def meta(self, epoch: int, step: int) -> dict[str, Any]:
+    return {"epoch": epoch, "step": step, "best": self.best, "history": self.rows}
+
+  def add(self, row: dict[str, float], metric: str) -> bool:
+    """Appends an epoch's row; whether its `metric` is the best so far."""
+    self.rows.append(row)
+    improved = row[metric] > self.best
+    self.best = max(self.best, row[metric])
+    return improved
+
+
 def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, float]]:
   """Pre-trains or fine-tunes (cfg.task) as `cfg` says, resuming from model_dir/exp_name
   when it holds a checkpoint of the same configuration; returns the history (one row per
   epoch)."""
+  mesh, cfg = _mesh_for(cfg, devices)
+  task = tasks_lib.for_config(cfg)
+  data = task.open_data()  # the FASTA files, evaluation sets drawn once (fixed inputs)
+  checkpointer = _open_folders(cfg, data.identities)
+  log.info("process %d of %d, %d devices (%s), %s, %s; experiment %s", jax.process_index(),
+           jax.process_count(), mesh.devices.size, mesh.devices.flat[0].platform, cfg.precision,
+           allocator.describe(), cfg.exp_name)
+  log.info(data.description)
+  init_key, dropout_key = jax.random.split(jax.random.key(cfg.seed))
+  state, at = _start(cfg, mesh, task, checkpointer, init_key)
+  if at.epoch >= cfg.epochs:
+    log.info("%s already holds all %d epochs: nothing to do (raise --epochs to go on)",
+             cfg.checkpoint_path, cfg.epochs)
+    checkpointer.close()
+    return at.rows
+  encoding = task.encoding
+  sampler = sampler_lib.TrainSampler(data.train, cfg, encoding, jax.process_index(),
+                                     jax.process_count())
+  spe = sampler.steps_per_epoch
+  train_step, eval_step, eval_rows = _compile(cfg, mesh, task, state, dropout_key)
+  report = _epoch_report(cfg, task, mesh, state, at.epoch, spe)
+  stop_requested = StopRequests()
+  stream = prefetch(batch for e in range(at.epoch, cfg.epochs)
+                    for batch in sampler.epoch(e, at.step if e == at.epoch else 0))
+  try:
+    for epoch in range(at.epoch, cfg.epochs):
+      first = at.step if epoch == at.epoch else 0
+      report.start_epoch(epoch, first)
+      sums = {"loss_sum": 0.0, "count": 0.0, "grad_norm": 0.0, "steps": 0, "real_nucleotides": 0}
+      pending: list[tuple[int, dict[str, jax.Array]]] = []
+      for step in range(first, spe):
+        batch = next(stream)  # sampled while the previous step ran
+        sums["real_nucleotides"] += encoding.real_nucleotides(batch) * jax.process_count()
+        state, metrics = train_step(state, to_device(batch, mesh), dropout_key)
+        pending.append((step, metrics))
+        wait_for_previous([m for _, m in pending[-2:]])
+        report.step(step, lambda: sum(not m["loss_sum"].is_ready() for _, m in pending))
+        done = epoch * spe + step + 1
+        stop = stop_requested(done)
+        save_now = stop or (cfg.checkpoint_every_steps and done % cfg.checkpoint_every_steps == 0
+                            and step + 1 < spe)
+        if save_now or len(pending) >= 64 or step + 1 == spe:
+          _check_finite(pending, epoch, spe, sums)
+          pending = []
+        if save_now:
+          checkpointer.save(done, state, at.meta(epoch, step + 1), checkpoint_lib.NO_METRIC)
+        if stop:
+          checkpointer.wait()
+          raise Stopped(f"{stop} at epoch {epoch + 1}, step {step + 1}: saved the resume "
+                        f"checkpoint in {cfg.checkpoint_path}; run the same command to go on.",
+                        130 if stop == "SIGINT" else 3)
+      report.evaluating()
+      row = {}
+      for split, subset in data.eval_sets.items():
+        figures = evaluate(eval_step, state.params, subset, mesh, eval_rows, task)
+        row.update({f"{k}|{split}": v for k, v in figures.items()})
+      improved = at.add(row, task.best_metric)
+      checkpointer.save((epoch + 1) * spe, state, at.meta(epoch + 1, 0), row[task.best_metric])
+      report.end_epoch(epoch, at.rows, improved, sums, task.learning_rate(int(state.step)))
+  except Stopped:
+    report.plot(at.rows)  # the plots show every epoch done, as history.csv does
+    raise
+  finally:
+    report.close()
+    stream.close()
+    stop_requested.restore()
+    checkpointer.close()
+  report.finish(task.best_metric, at.best, cfg.checkpoint_path)
+  return at.rows
+
+
+def _mesh_for(cfg: Config, devices: list[jax.Device] | None) -> tuple[Mesh, Config]:
+  """The mesh over `devices` (default: all), and `cfg` with --precision auto resolved; a
+  batch that cannot be split evenly or does not fit is one line."""
   mesh = make_mesh(devices)
-  n_devices = mesh.devices.size
-  platform = mesh.devices.flat[0].platform
+  n_devices, platform = mesh.devices.size, mesh.devices.flat[0].platform
   if cfg.precision == "auto":  # bf16 where the matrix units are built for it
     cfg = dataclasses.replace(cfg, precision="fp32" if platform == "cpu" else "bf16")
   if cfg.batch_size % n_devices:
     raise UserError(f"--batch_size {cfg.batch_size} is not divisible by the {n_devices} devices: "
-                    f"use a multiple of {n_devices}.")
+                    f"use a multiple of {n_devices}"
+                    f"{' (or set --cpu_devices)' if platform == 'cpu' else ''}.")
   model_lib.check_fits(cfg, cfg.batch_size // n_devices, mesh.local_devices[0], True,
                        "--batch_size (or --context_length)")
-  task = tasks_lib.for_config(cfg)
-  data = task.open_data()  # the FASTA files, evaluation sets drawn once (fixed inputs)
-  encoding = task.encoding
+  return mesh, cfg
+
+
+def _open_folders(cfg: Config, identities: dict[str, str]) -> checkpoint_lib.Checkpointer:
+  """The checkpointer of model_dir/exp_name (it locks the folder and says whether the run
+  resumes); the writing process also checks both folders and starts the results folder."""
   writer = jax.process_index() == 0
   if writer:
     check_writable(cfg.model_root, "model", "--model_dir")
     check_writable(cfg.results_path, "results", "--results_dir")
-  eval_rows = cfg.batch_size * (1 if platform == "cpu" else -(-EVAL_ROWS // cfg.batch_size))
-
-  if writer:
     _make_results_folder(cfg)
-  checkpointer = checkpoint_lib.Checkpointer(
-      cfg.checkpoint_path, cfg, data.identities)
+  checkpointer = checkpoint_lib.Checkpointer(cfg.checkpoint_path, cfg, identities)
   if writer:
     if not checkpointer.resuming:
       _keep_earlier_results(cfg)
     if cfg.encoding_method == "bpe":  # the model folder is complete without --data_dir
       shutil.copyfile(cfg.bpe_path, os.path.join(cfg.checkpoint_path, checkpoint_lib.BPE_FILE))
+  return checkpointer
 
-  log.info("process %d of %d, %d devices (%s), %s, %s; experiment %s", jax.process_index(),
-           jax.process_count(), n_devices, platform, cfg.precision, allocator.describe(),
-           cfg.exp_name)
-  log.info(data.description)
 
-  init_key, dropout_key = jax.random.split(jax.random.key(cfg.seed))
-  state = init_state(cfg, mesh, init_key, task)
-  rows: list[dict[str, float]] = []
-  best, first_epoch, first_step = -np.inf, 0, 0
-  if checkpointer.resuming:
-    restored = checkpointer.restore_latest(state)
-    if restored is not None:
-      state, meta = restored
-      rows, best = meta["history"], meta["best"]
-      first_epoch, first_step = meta["epoch"], meta["step"]
-      if first_epoch < cfg.epochs:  # else there is nothing to do, said below
-        log.info("resuming %s from epoch %d, step %d", cfg.checkpoint_path, first_epoch + 1,
-                 first_step)
+def _start(cfg: Config, mesh: Mesh, task: tasks_lib.Task,
+           checkpointer: checkpoint_lib.Checkpointer, key: jax.Array) -> tuple[TrainState, Position]:
+  """The state to train from: the last checkpoint's when resuming, else a fresh one (with
+  the parameters of --init_from or --pretrained_model when given); and where it stands."""
+  state, at = init_state(cfg, mesh, key, task), Position()
+  restored = checkpointer.restore_latest(state) if checkpointer.resuming else None
+  if restored is not None:
+    state, meta = restored
+    at = Position(meta["history"], meta["best"], meta["epoch"], meta["step"])
+    if at.epoch < cfg.epochs:  # else there is nothing to do, as run says
+      log.info("resuming %s from epoch %d, step %d", cfg.checkpoint_path, at.epoch + 1, at.step)
   source = cfg.init_from or cfg.pretrained_model
-  if source and not (rows or first_step):  # not resumed: a fresh start
+  if source and not (at.rows or at.step):  # not resumed: a fresh start
     state = with_params_from(state, source, cfg)
     log.info("parameters from %s; optimizer and learning-rate schedule start anew", source)
-  if first_epoch >= cfg.epochs:
-    log.info("%s already holds all %d epochs: nothing to do (raise --epochs to go on)",
-                 cfg.checkpoint_path, cfg.epochs)
-    checkpointer.close()
-    return rows
+  return state, at
 
-  n_params = sum(x.size for x in jax.tree.leaves(state.params))
-  sampler = sampler_lib.TrainSampler(data.train, cfg, encoding, jax.process_index(),
-                                     jax.process_count())
-  spe = sampler.steps_per_epoch
+
+def _compile(cfg: Config, mesh: Mesh, task: tasks_lib.Task, state: TrainState,
+             dropout_key: jax.Array) -> tuple[Callable, Callable, int]:
+  """The compiled train and eval steps (from the persistent cache when it holds them) and
+  the rows of an eval batch: on CPU the training batch (larger ones ran slower a row),
+  elsewhere at least EVAL_ROWS."""
+  on_cpu = mesh.devices.flat[0].platform == "cpu"
+  eval_rows = cfg.batch_size * (1 if on_cpu else -(-EVAL_ROWS // cfg.batch_size))
+  empty = lambda rows: to_device(task.encoding.empty_rows(rows // jax.process_count()), mesh)
   t0, hits = time.perf_counter(), _cache_hits[:1]
-  train_step = make_train_step(cfg, mesh, task).lower(
-      state, to_device(encoding.empty_rows(cfg.batch_size // jax.process_count()), mesh),
-      dropout_key).compile()
-  eval_step = make_eval_step(cfg, mesh, task).lower(
-      state.params, to_device(encoding.empty_rows(eval_rows // jax.process_count()), mesh)
-  ).compile()
-  compile_s, cached = time.perf_counter() - t0, _cache_hits[:1] != hits
+  train_step = make_train_step(cfg, mesh, task).lower(state, empty(cfg.batch_size),
+                                                      dropout_key).compile()
+  eval_step = make_eval_step(cfg, mesh, task).lower(state.params, empty(eval_rows)).compile()
+  log.info("train and eval steps compiled in %.1f s%s", time.perf_counter() - t0,
+           " (from the compilation cache)" if _cache_hits[:1] != hits else "")
+  return train_step, eval_step, eval_rows
+
+
+def _epoch_report(cfg: Config, task: tasks_lib.Task, mesh: Mesh, state: TrainState,
+                  first_epoch: int, spe: int) -> history_lib.EpochReport:
+  """The run's EpochReport, with the FLOPs of a step and the matmul peak for its MFU."""
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  n_devices, platform = mesh.devices.size, mesh.devices.flat[0].platform
   flops = model_lib.train_flops(cfg, n_params, cfg.batch_size // n_devices)
-  peak, _ = flops_lib.peak_flops(model_lib.compute_dtype(cfg), device=jax.local_devices()[0],
-                                 repeats=2)
-  log.info("%s parameters; train and eval steps compiled in %.1f s%s; %d steps per epoch; "
-           "%.3g FLOP per step and device, matmul peak %.3g FLOP/s", f"{n_params:,}", compile_s,
-           " (from the compilation cache)" if cached else "", spe, flops, peak)
-  tb = None
-  if writer:
-    from tensorboardX import SummaryWriter  # event files next to history.csv
-
-    tb = SummaryWriter(cfg.results_path)
-  best_metric = task.best_metric
-  columns = tasks_lib.columns(task.figures_names)
-
-  def all_batches():
-    for epoch in range(first_epoch, cfg.epochs):
-      yield from sampler.epoch(epoch, first_step if epoch == first_epoch else 0)
-
-  def meta(epoch: int, step: int) -> dict[str, Any]:
-    return {"epoch": epoch, "step": step, "best": best, "history": rows}
-
-  stop_requested = StopRequests()
-  line = history_lib.ProgressLine(cfg.progress and writer)
-  stream = prefetch(all_batches())
-  run_start = time.perf_counter()
-  seconds = {"training": 0.0, "evaluation": 0.0}
-  try:
-    for epoch in range(first_epoch, cfg.epochs):
-      epoch_start = time.perf_counter()
-      pending: list[tuple[int, dict[str, jax.Array]]] = []
-      sums = {"loss_sum": 0.0, "count": 0.0, "grad_norm": 0.0, "steps": 0}
-      start_step = first_step if epoch == first_epoch else 0
-      real_nucleotides = 0
-      line.start(f"epoch {epoch + 1}/{cfg.epochs}", start_step, spe)
-      for step in range(start_step, spe):
-        # Dispatch is asynchronous: the next batch is sampled while this step runs.
-        batch = next(stream)
-        real_nucleotides += encoding.real_nucleotides(batch) * jax.process_count()
-        state, metrics = train_step(state, to_device(batch, mesh), dropout_key)
-        pending.append((step, metrics))
-        if line.due():  # steps finish in order: the dispatched ones not ready yet are the last
-          line.update(step + 1 - sum(not m["loss_sum"].is_ready() for _, m in pending))
-        done = epoch * spe + step + 1
-        stop = stop_requested(done)
-        save_now = stop or (
-            cfg.checkpoint_every_steps and done % cfg.checkpoint_every_steps == 0 and step + 1 < spe)
-        if save_now or len(pending) >= 64 or step + 1 == spe:
-          _check_finite(pending, epoch, spe, sums)
-          pending = []
-        if save_now:
-          checkpointer.save(done, state, meta(epoch, step + 1), checkpoint_lib.NO_METRIC)
-        if stop:
-          checkpointer.wait()
-          line.clear()
-          raise Stopped(f"{stop} at epoch {epoch + 1}, step {step + 1}: saved the resume "
-                        f"checkpoint in {cfg.checkpoint_path}; run the same command to go on.",
-                        130 if stop == "SIGINT" else 3)
-      train_seconds = time.perf_counter() - epoch_start
-      line.note("evaluating")
-      row = {}
-      for split, subset in data.eval_sets.items():
-        figures = evaluate(eval_step, state.params, subset, mesh, eval_rows, task)
-        row.update({f"{k}|{split}": v for k, v in figures.items()})
-      seconds["training"] += train_seconds
-      seconds["evaluation"] += time.perf_counter() - epoch_start - train_seconds
-      rows.append(row)
-      improved = row[best_metric] > best
-      best = max(best, row[best_metric])
-      checkpointer.save((epoch + 1) * spe, state, meta(epoch + 1, 0), row[best_metric])
-      steps_per_s = (spe - start_step) / train_seconds
-      throughput = {"steps_per_s": steps_per_s, "samples_per_s": steps_per_s * cfg.batch_size,
-                    "nucleotides_per_s": steps_per_s * cfg.batch_size * encoding.window,
-                    # what other tools count: padding and a window's unused part excluded
-                    "real_nucleotides_per_s": real_nucleotides / train_seconds,
-                    "mfu": flops * steps_per_s / peak}
-      lr = task.learning_rate(int(state.step))  # of the epoch's last update
-      if writer:
-        history_lib.write_csv(os.path.join(cfg.results_path, "history.csv"), rows, columns)
-        history_lib.plot(cfg.results_path, rows, task.figures_names)
-        for k, v in row.items():
-          tb.add_scalar(k.replace("|", "/"), v, epoch + 1)
-        tb.add_scalar("train/batch_loss", sums["loss_sum"] / max(sums["count"], 1), epoch + 1)
-        tb.add_scalar("train/grad_norm", sums["grad_norm"] / max(sums["steps"], 1), epoch + 1)
-        tb.add_scalar("train/learning_rate", lr, epoch + 1)
-        for k, v in throughput.items():
-          tb.add_scalar(f"throughput/{k}", v, epoch + 1)
-        tb.flush()
-      elapsed = time.perf_counter() - run_start
-      figures = " ".join(f"{k} {row[k]:.4f}" for k in task.progress_columns())
-      line.clear()
-      log.info(
-          "epoch %d/%d | %s%s | lr %.3g | %.1f steps/s, %.0f samples/s, %.3g nt/s (%.3g real "
-          "nt/s), MFU %.1f%% | %s elapsed, %s left", epoch + 1, cfg.epochs, figures,
-          " (best)" if improved else "", lr, steps_per_s, throughput["samples_per_s"],
-          throughput["nucleotides_per_s"], throughput["real_nucleotides_per_s"],
-          100 * throughput["mfu"], history_lib.duration(elapsed),
-          history_lib.duration(elapsed / (epoch + 1 - first_epoch) * (cfg.epochs - epoch - 1)))
-  finally:
-    line.clear()
-    stream.close()
-    stop_requested.restore()
-    checkpointer.close()
-    if tb is not None:
-      tb.close()
-  log.info("training finished in %.1f s (training %.1f s, evaluation %.1f s); best "
-           "%s %.4f; checkpoint in %s", time.perf_counter() - run_start,
-           seconds["training"], seconds["evaluation"], best_metric, best, cfg.checkpoint_path)
-  return rows
+  peak, measured_before = flops_lib.cached_peak_flops(
+      model_lib.compute_dtype(cfg), jax.local_devices()[0], jax.config.jax_compilation_cache_dir)
+  log.info("%s parameters; %d steps per epoch; %.3g FLOP per step and device, matmul peak %.3g "
+           "FLOP/s%s", f"{n_params:,}", spe, flops, peak,
+           " (measured before)" if measured_before else "")
+  # The CPU devices of a process share its cores, whose peak one device's matmul measures.
+  host_share = len(mesh.local_devices) if platform == "cpu" else 1
+  writer = jax.process_index() == 0
+  return history_lib.EpochReport(
+      cfg.results_path if writer else None, cfg.epochs, first_epoch, spe, cfg.batch_size,
+      task.encoding.window, task.figures_names, task.progress_columns(), flops * host_share,
+      peak, cfg.progress)
 
 
 def _check_finite(pending: list[tuple[int, dict[str, jax.Array]]], epoch: int, spe: int,

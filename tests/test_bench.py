@@ -15,8 +15,8 @@ TRAIN_KEYS = {
     "peak_flops_per_s", "peak_matmul_n", "peak_matmul_iters", "peak_dtype", "mfu",
     "host_load_1m", "allocator", "sampler_samples_per_s", "sampler_vs_train"}
 E2E_KEYS = {
-    "kind", "config", "data", "n_train", "n_valid", "flags", "allocator", "compilation_cache",
-    "compiled_from_cache", "wall_s", "user_s", "sys_s", "minor_faults", "max_rss_bytes",
+    "kind", "config", "data", "n_train", "n_valid", "flags", "allocator", "devices",
+    "compilation_cache", "compiled_from_cache", "wall_s", "user_s", "sys_s", "minor_faults", "max_rss_bytes",
     "startup_s", "train_s", "eval_s", "other_s", "exit_s", "train_real_nucleotides_per_s",
     "accuracy_valid", "host_load_1m"}
 # The e2e command at a tiny size: one epoch of two steps.
@@ -86,5 +86,8 @@ def test_bench_demo(tmp_path):
     assert min(parts) >= 0 and math.isclose(sum(parts), record["wall_s"], rel_tol=1e-6)
     assert record["user_s"] > 0 and record["minor_faults"] > 0 and record["max_rss_bytes"] > 0
     assert 0 < record["accuracy_valid"] < 1 and record["train_real_nucleotides_per_s"] > 0
+    # Without XLA_FLAGS the command splits its batch of 8 over one CPU device per core.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert record["devices"] == f"{max(n for n in (1, 2, 4, 8) if n <= cores)} cpu"
     if sys.platform == "linux":
       assert record["allocator"] == "malloc: mimalloc"

@@ -15,6 +15,7 @@ from absl import flags
 import nlm_jax
 from conftest import write_fasta
 from nlm_jax import classify, command, config, fasta as fasta_lib, model as model_lib, sampler, tasks, train
+from nlm_jax.history import columns
 from nlm_jax.config import Config, UserError
 from test_bad_input import assert_one_line_error, assert_unchanged, run_module, snapshot
 
@@ -268,7 +269,7 @@ def test_finetuning_a_pretrained_model_learns_the_planted_difference(runs):
   assert max(r["F1 (macro)|valid"] for r in history) > 0.9, history
   with open(os.path.join(cls.results_path, "history.csv")) as f:
     header = f.readline().strip().split(",")
-  assert header[1:] == list(tasks.columns(tasks.CLS_FIGURES))
+  assert header[1:] == list(columns(tasks.CLS_FIGURES))
   assert header[1:3] == ["Loss|train", "Accuracy|train"] and "F1 (macro)|valid" in header
   assert os.path.getsize(os.path.join(cls.results_path, "f1_macro.png")) > 1000
   # Fine-tuning starts from the pre-trained stem and encoder, and a fresh head.
