@@ -364,7 +364,12 @@ class Checkpointer:
   def close(self) -> None:
     try:
       with self._reporting_failures():
-        self._manager.wait_until_finished()
+        try:
+          self._manager.wait_until_finished()
+        except Exception:
+          with contextlib.suppress(Exception):  # its threads end here; the save's error is reported
+            self._manager.close()
+          raise
         self._manager.close()
     finally:
       self._release()
