@@ -4,6 +4,7 @@ loop that ties the host data to them. The only module that knows both data and m
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -483,9 +484,11 @@ def _compile(cfg: Config, mesh: Mesh, task: tasks_lib.Task, state: TrainState,
   eval_rows = cfg.batch_size * (1 if on_cpu else -(-EVAL_ROWS // cfg.batch_size))
   empty = lambda rows: to_device(task.encoding.empty_rows(rows // jax.process_count()), mesh)
   t0, hits = time.perf_counter(), _cache_hits[:1]
-  train_step = make_train_step(cfg, mesh, task).lower(state, empty(cfg.batch_size),
-                                                      dropout_key).compile()
-  eval_step = make_eval_step(cfg, mesh, task).lower(state.params, empty(eval_rows)).compile()
+  lowered = (make_train_step(cfg, mesh, task).lower(state, empty(cfg.batch_size), dropout_key),
+             make_eval_step(cfg, mesh, task).lower(state.params, empty(eval_rows)))
+  # XLA compiles without the GIL: both programs at once.
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    train_step, eval_step = pool.map(lambda program: program.compile(), lowered)
   log.info("train and eval steps compiled in %.1f s%s", time.perf_counter() - t0,
            " (from the compilation cache)" if _cache_hits[:1] != hits else "")
   return train_step, eval_step, eval_rows
