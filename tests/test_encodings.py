@@ -93,6 +93,25 @@ def test_bpe_first_records_of_lncrnapy_fixture():
   np.testing.assert_array_equal(tok(codes, ended), want)
 
 
+def test_bpe_ids_are_the_whole_sequence_pieces_kept_within_a_budget(tmp_path, monkeypatch):
+  """BpeTokenizer.ids keeps the tokenizations it made, keyed by content, while they fit
+  in CACHED_PIECES; beyond it a sequence is tokenized at every call."""
+  fit_fa = write_fasta(tmp_path / "t.fa", random_seqs(40, 200, 400, seed=7))
+  bpe.fit(fit_fa, 40, str(tmp_path / "40.bpe"))
+  codes = [fasta_lib.encode(s) for s in random_seqs(3, 300, 300, seed=9)]
+  tok = encodings.BpeTokenizer(str(tmp_path / "40.bpe"), 16)
+  first = tok.ids(codes)
+  for c, ids in zip(codes, first):
+    np.testing.assert_array_equal(ids, tok.spans(c)[0])
+  assert all(a is b for a, b in zip(tok.ids(codes), first))  # kept
+  other = codes[0][:-1]
+  np.testing.assert_array_equal(tok.ids([other])[0], tok.spans(other)[0])
+  monkeypatch.setattr(encodings, "CACHED_PIECES", 0)
+  tok = encodings.BpeTokenizer(str(tmp_path / "40.bpe"), 16)
+  first = tok.ids(codes)
+  assert not any(a is b for a, b in zip(tok.ids(codes), first))  # nothing kept
+
+
 def test_token_masking_statistics():
   cfg = Config("t", "v", encoding_method="kmer", k=3, context_length=200)
   enc = sampler.TokenEncoding(cfg, encodings.KmerTokenizer(3, 200))
@@ -101,7 +120,7 @@ def test_token_masking_statistics():
   codes[200:, 300:] = fasta_lib.PAD
   ended = np.array([False] * 200 + [True] * 200)
   ids = enc.tokenizer(codes, ended)
-  batch = enc.batch(codes, ended, rng)
+  batch = enc.batch(ids, rng)
   real = enc.is_nucleotides_V[ids]
   selected = batch["targets"] >= 0
   assert not selected[~real].any()  # never CLS, SEP, PAD or UNK
