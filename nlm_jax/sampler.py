@@ -1,8 +1,9 @@
 """Host-side batches in NumPy: epoch sampling, windows, reading frames and masking.
 
-Every draw comes from a generator seeded by (seed, epoch, step, row of the global batch),
-so a batch is a pure function of where it falls in the run, whatever the number of
-hosts. Batches are dicts of small integer arrays; one-hot encoding happens on the device.
+Every draw comes from a generator seeded by (seed, epoch, step, row of the global batch)
+in a domain of its own (the epoch's order, a row, an evaluation set), so a batch is a
+pure function of where it falls in the run, whatever the number of hosts. Batches are
+dicts of small integer arrays; one-hot encoding happens on the device.
 
 Array suffixes: B batch rows, N nucleotides (window positions), L token positions,
 V vocabulary.
@@ -24,8 +25,12 @@ IGNORE = -1  # target of a position that is not an MLM target
 Batch = dict[str, np.ndarray]
 
 
-def rng_for(*key: int) -> np.random.Generator:
-  return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
+def rng_for(domain: str, *key: int) -> np.random.Generator:
+  """The generator of one use of randomness (`domain`: "order", "row", "eval", "dropout")
+  at `key`. The domain and the key's length lead the seed: SeedSequence pads a key with
+  zeros, so without them (seed, epoch) and (seed, epoch, 0, 0) would be one stream."""
+  tag = int.from_bytes(domain.encode(), "little")
+  return np.random.default_rng(np.random.SeedSequence([tag, len(key), *(int(k) for k in key)]))
 
 
 class RowRandom:
@@ -334,7 +339,8 @@ class TrainSampler:
     """This host's sequence indices of batch `step` (0-based) of `epoch` (0-based)."""
     cfg = self.cfg
     if self._order is None or self._order[0] != epoch:  # one permutation per epoch, not per step
-      self._order = (epoch, epoch_order(len(self.fa), cfg.n_samples_per_epoch, rng_for(cfg.seed, epoch)))
+      order = epoch_order(len(self.fa), cfg.n_samples_per_epoch, rng_for("order", cfg.seed, epoch))
+      self._order = (epoch, order)
     local = cfg.batch_size // self.process_count
     first = step * cfg.batch_size + self.process_index * local
     return self._order[1][first:first + local]
@@ -349,7 +355,8 @@ class TrainSampler:
     indices = self.indices(epoch, step)
     local = cfg.batch_size // self.process_count
     first = self.process_index * local  # this host's first row of the global batch
-    rng = RowRandom([rng_for(cfg.seed, epoch, step, first + row) for row in range(len(indices))])
+    rng = RowRandom([rng_for("row", cfg.seed, epoch, step, first + row)
+                     for row in range(len(indices))])
     inputs = enc.read(self.fa, indices, rng, not cfg.no_random_reading_frame)
     batch = enc.batch(inputs, rng, labels_of(self.fa, indices))
     if len(indices) < local:
@@ -365,7 +372,7 @@ def eval_set(fa: Source, indices: np.ndarray, encoding: Encoding, seed: int) -> 
   """Fixed windows (the 5' start) and masks drawn once from `seed`: the figures
   computed on this set move only when the model does."""
   inputs = encoding.read(fa, indices, None, False)
-  return encoding.batch(inputs, rng_for(seed), labels_of(fa, indices))
+  return encoding.batch(inputs, rng_for("eval", seed), labels_of(fa, indices))
 
 
 def eval_sizes(n_train: int, n_valid: int, n_eval: int) -> tuple[int, int]:

@@ -128,19 +128,18 @@ def with_params_from(state: TrainState, path: str, cfg: Config) -> TrainState:
 
 def make_train_step(cfg: Config, mesh: Mesh, task: tasks_lib.Task | None = None) -> Callable:
   """(state, batch, key) -> (state, metrics): batch sharded over `data`, state replicated
-  and donated, so parameters and optimizer state are updated in place. The task gives
-  the loss (token models train with label smoothing 0.1, as lncRNA-Py)."""
+  and donated, so parameters and optimizer state are updated in place; `key` is the
+  step's dropout key (dropout_key). The task gives the loss (token models train with
+  label smoothing 0.1, as lncRNA-Py)."""
   task = task or tasks_lib.for_config(cfg)
   model = model_lib.build(cfg)
   replicated = NamedSharding(mesh, P())
   rows = NamedSharding(mesh, P("data"))
 
   def step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array):
-    dropout_key = jax.random.fold_in(key, state.step)
-
     def loss_fn(params):
       outputs = model.apply({"params": params}, batch["inputs"], train=True,
-                            rngs={"dropout": dropout_key})
+                            rngs={"dropout": key})
       return task.loss(outputs, batch, train=True)
 
     (objective, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -155,6 +154,15 @@ def make_train_step(cfg: Config, mesh: Mesh, task: tasks_lib.Task | None = None)
 
   return jax.jit(step, in_shardings=(replicated, rows, replicated),
                  out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def dropout_key(seed: int, epoch: int, step: int) -> jax.Array:
+  """The dropout key of batch `step` of `epoch`: like the batch, a function of where it
+  falls in the run, not of the updates applied so far (a batch without targets applies
+  none); drawn on the host, from a stream of its own (sampler.rng_for)."""
+  rng = sampler_lib.rng_for("dropout", seed, epoch, step)
+  return jax.random.wrap_key_data(rng.integers(2 ** 32, size=2, dtype=np.uint32),
+                                  impl="threefry2x32")
 
 
 def make_eval_step(cfg: Config, mesh: Mesh, task: tasks_lib.Task | None = None) -> Callable:
@@ -340,7 +348,7 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
            cfg.exp_name)
   log.info(data.description)
 
-  init_key, dropout_key = jax.random.split(jax.random.key(cfg.seed))
+  init_key = jax.random.split(jax.random.key(cfg.seed))[0]
   state = init_state(cfg, mesh, init_key, task)
   rows: list[dict[str, float]] = []
   best, first_epoch, first_step = -np.inf, 0, 0
@@ -370,7 +378,7 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
   t0, hits = time.perf_counter(), _cache_hits[:1]
   train_step = make_train_step(cfg, mesh, task).lower(
       state, to_device(encoding.empty_rows(cfg.batch_size // jax.process_count()), mesh),
-      dropout_key).compile()
+      dropout_key(cfg.seed, 0, 0)).compile()
   eval_step = make_eval_step(cfg, mesh, task).lower(
       state.params, to_device(encoding.empty_rows(eval_rows // jax.process_count()), mesh)
   ).compile()
@@ -413,7 +421,8 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
         # Dispatch is asynchronous: the next batch is sampled while this step runs.
         batch = next(stream)
         real_nucleotides += encoding.real_nucleotides(batch) * jax.process_count()
-        state, metrics = train_step(state, to_device(batch, mesh), dropout_key)
+        state, metrics = train_step(state, to_device(batch, mesh),
+                                    dropout_key(cfg.seed, epoch, step))
         pending.append((step, metrics))
         if line.due():  # steps finish in order: the dispatched ones not ready yet are the last
           line.update(step + 1 - sum(not m["loss_sum"].is_ready() for _, m in pending))

@@ -195,7 +195,7 @@ def test_host_shares_are_disjoint_and_form_the_global_batch(train_fa):
   """Each of 4 hosts draws its rows of the global batch: together they are the
   epoch's indices for that step, without overlap."""
   cfg = cfg_for(kernel_size=3, context_length=32, batch_size=8, n_samples_per_epoch=64)
-  order = sampler.epoch_order(50, 64, sampler.rng_for(cfg.seed, 0))
+  order = sampler.epoch_order(50, 64, sampler.rng_for("order", cfg.seed, 0))
   hosts = [sampler.TrainSampler(train_fa, cfg, sampler.ConvEncoding(cfg), process_index=p,
                                 process_count=4) for p in range(4)]
   for step in range(3):
@@ -280,3 +280,13 @@ def test_bpe_training_rows_reach_the_3prime_end(tmp_path, fitted_bpe, model):
   runs = np.lib.stride_tricks.sliding_window_view(whole, n_pos)
   for row in rows:  # full rows (no SEP) of consecutive pieces of the whole sequence
     assert row[0] == encodings.CLS and (runs == row[1:]).all(axis=1).any()
+
+
+def test_each_use_of_randomness_has_its_own_stream():
+  """SeedSequence pads a key with zeros: without a domain, the epoch's order (seed, epoch)
+  and row 0 of step 0 (seed, epoch, 0, 0) would draw the same numbers."""
+  order = sampler.rng_for("order", 0, 3).random(4)
+  row = sampler.rng_for("row", 0, 3, 0, 0).random(4)
+  assert not np.allclose(order, row)
+  assert not np.allclose(sampler.rng_for("row", 0, 3).random(4), row)  # key length counts
+  np.testing.assert_array_equal(sampler.rng_for("row", 0, 3, 0, 0).random(4), row)
