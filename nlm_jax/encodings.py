@@ -8,6 +8,7 @@ the window, PAD. Array suffixes: B rows, N nucleotides, L token positions.
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import numpy as np
@@ -18,6 +19,8 @@ from nlm_jax.errors import UserError
 
 MASK, CLS, SEP, PAD, UNK = 0, 1, 2, 3, 4
 N_SPECIAL = 5
+CACHED_PIECES = 2 ** 23  # int32 ids of whole sequences that BpeTokenizer.ids keeps (32 MiB)
+_ENTRY_PIECES = 64  # what an entry's key and array headers cost (~220 bytes), in pieces
 _LETTERS = np.frombuffer(b"ACGTN", dtype=np.uint8)
 
 
@@ -117,26 +120,40 @@ class BpeTokenizer:
     self.context_length = context_length
     self.window = (context_length - 1) * self.max_piece  # enough for context_length - 1 pieces
     self.unit = 1
+    self._cache: dict[bytes, np.ndarray] = {}
+    self._n_cached = 0
 
   def __call__(self, codes_BxN: np.ndarray, ended_B: np.ndarray) -> np.ndarray:
     texts = [_LETTERS[row[row != fasta_lib.PAD]].tobytes().decode() for row in codes_BxN]
-    encoded = self.sp.encode(texts)
+    return self.rows(self.sp.encode(texts), ended_B)
+
+  def rows(self, runs: list, ended_B: np.ndarray) -> np.ndarray:
+    """Rows (B, L) from runs of piece ids: CLS, the first context_length - 1 pieces of each
+    run, SEP if the run ends its sequence and they all fit, PAD."""
     n_pos = self.context_length - 1
-    tokens = np.full((len(texts), n_pos), PAD, dtype=np.int32)
-    n_B = np.zeros(len(texts), dtype=np.int64)
-    for row, ids in enumerate(encoded):
-      n_B[row] = min(len(ids), n_pos)
-      tokens[row, :n_B[row]] = ids[:n_B[row]]
-    fits = np.array([len(ids) < n_pos for ids in encoded], dtype=bool)
-    return _finish_rows(tokens, n_B, ended_B & fits, self.context_length)
+    n_B = np.array([min(len(run), n_pos) for run in runs], dtype=np.int64)
+    tokens = np.full((len(runs), n_pos), PAD, dtype=np.int32)
+    for row, run in enumerate(runs):
+      tokens[row, :n_B[row]] = run[:n_B[row]]
+    return _finish_rows(tokens, n_B, ended_B, self.context_length)
+
+  def ids(self, codes: list[np.ndarray]) -> list[np.ndarray]:
+    """Whole sequences' piece ids. Tokenizations are kept, keyed by content, up to
+    CACHED_PIECES pieces in all: a sequence drawn again is not tokenized again."""
+    keys = [hashlib.blake2b(c.tobytes(), digest_size=16).digest() for c in codes]
+    out = [self._cache.get(key) for key in keys]
+    todo = [row for row, ids in enumerate(out) if ids is None]
+    encoded = self.sp.encode([_LETTERS[codes[row]].tobytes().decode() for row in todo])
+    for row, ids in zip(todo, encoded):
+      out[row] = np.array(ids, dtype=np.int32)
+      if self._n_cached + len(ids) + _ENTRY_PIECES <= CACHED_PIECES:
+        self._cache[keys[row]] = out[row]
+        self._n_cached += len(ids) + _ENTRY_PIECES
+    return out
 
   def tokenize(self, seq: str) -> np.ndarray:
     """One sequence as given (sentencepiece sees its letters), for tests and tools."""
-    ids = self.sp.encode(seq.upper())
-    n_pos = self.context_length - 1
-    return _finish_rows(np.array([ids[:n_pos] + [PAD] * (n_pos - len(ids[:n_pos]))]),
-                        np.array([min(len(ids), n_pos)]), np.array([len(ids) < n_pos]),
-                        self.context_length)[0]
+    return self.rows([self.sp.encode(seq.upper())], np.array([True]))[0]
 
   def spans(self, codes_N: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A whole sequence's piece ids and the [start, end) of each piece's nucleotides."""

@@ -1,8 +1,9 @@
 """Host-side batches in NumPy: epoch sampling, windows, reading frames and masking.
 
-Every draw comes from a generator seeded by (seed, epoch, step, row of the global batch),
-so a batch is a pure function of where it falls in the run, whatever the number of
-hosts. Batches are dicts of small integer arrays; one-hot encoding happens on the device.
+Every draw comes from a generator seeded by (seed, epoch, step, row of the global batch)
+in a domain of its own (the epoch's order, a row, an evaluation set), so a batch is a
+pure function of where it falls in the run, whatever the number of hosts. Batches are
+dicts of small integer arrays; one-hot encoding happens on the device.
 
 Array suffixes: B batch rows, N nucleotides (window positions), L token positions,
 V vocabulary.
@@ -24,8 +25,12 @@ IGNORE = -1  # target of a position that is not an MLM target
 Batch = dict[str, np.ndarray]
 
 
-def rng_for(*key: int) -> np.random.Generator:
-  return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
+def rng_for(domain: str, *key: int) -> np.random.Generator:
+  """The generator of one use of randomness (`domain`: "order", "row", "eval", "dropout")
+  at `key`. The domain and the key's length lead the seed: SeedSequence pads a key with
+  zeros, so without them (seed, epoch) and (seed, epoch, 0, 0) would be one stream."""
+  tag = int.from_bytes(domain.encode(), "little")
+  return np.random.default_rng(np.random.SeedSequence([tag, len(key), *(int(k) for k in key)]))
 
 
 class RowRandom:
@@ -62,8 +67,9 @@ def windows(lengths: np.ndarray, n_out: int, rng: np.random.Generator | RowRando
             unit: int, random_frame: bool) -> tuple[np.ndarray, np.ndarray]:
   """(start, stop) in each sequence of the window that fills at most n_out positions.
 
-  The one cropping rule of every encoding; `unit` is the reading-frame step: the
-  kernel size for conv, k for k-mers, 1 for nuc and BPE. With rng=None (evaluation)
+  The one cropping rule of every encoding (BPE training windows apply it to pieces:
+  read_pieces); `unit` is the reading-frame step: the kernel size for conv, k for
+  k-mers, 1 for nuc and BPE. With rng=None (evaluation)
   the window is the 5' start of the sequence. In training (an rng) a longer sequence
   gets a window at a random place, so the whole transcript is seen over time; a
   shorter one is shifted by 0..unit-1 nucleotides when random_frame is on, never by
@@ -94,6 +100,19 @@ def read_windows(fa: Source, indices: np.ndarray, n_out: int,
   for row, (i, a, b) in enumerate(zip(indices, start, stop)):
     codes_BxN[row, :b - a] = fa.codes(int(i), int(a), int(b))
   return codes_BxN, stop == lengths
+
+
+def read_pieces(fa: Source, indices: np.ndarray, tokenizer: encodings.BpeTokenizer,
+                rng: np.random.Generator | RowRandom) -> np.ndarray:
+  """BPE training rows (B, L): the cropping rule (`windows`) applied to the pieces of each
+  whole sequence, so a run of context_length - 1 pieces may start at any piece and the
+  3' end is read as often as the 5' end. (A window drawn in nucleotides must hold
+  context_length - 1 of the longest pieces; as many typical pieces span some 60% of it,
+  so the rest of the window, and the 3' end of a long transcript, was never read.)"""
+  ids = tokenizer.ids([fa.codes(int(i)) for i in indices])
+  n_B = np.array([len(x) for x in ids], dtype=np.int64)
+  start, stop = windows(n_B, tokenizer.context_length - 1, rng, 1, False)
+  return tokenizer.rows([x[a:b] for x, a, b in zip(ids, start, stop)], stop == n_B)
 
 
 def expand_spans(starts: np.ndarray, mask_size: int, n: int) -> np.ndarray:
@@ -174,9 +193,14 @@ class ConvEncoding:
     self.cfg = cfg
     self.window, self.unit = cfg.n_nucleotides, cfg.kernel_size
 
-  def batch(self, codes_BxN: np.ndarray, ended_B: np.ndarray, rng: np.random.Generator,
+  def read(self, fa: Source, indices: np.ndarray, rng: np.random.Generator | RowRandom | None,
+           random_frame: bool) -> np.ndarray:
+    """The windows' nucleotide codes (B, N); conv windows carry no end marker."""
+    return read_windows(fa, indices, self.window, rng, self.unit, random_frame)[0]
+
+  def batch(self, codes_BxN: np.ndarray, rng: np.random.Generator,
             labels_B: np.ndarray | None = None) -> Batch:
-    del ended_B, labels_B  # conv windows carry no end marker
+    del labels_B
     return mask_conv(codes_BxN, rng, self.cfg)
 
   def real_nucleotides(self, batch: Batch) -> int:
@@ -190,7 +214,8 @@ class ConvEncoding:
 
 
 class TokenEncoding:
-  """Windows tokenized when sampled (never the whole data set in memory), then masked."""
+  """Windows tokenized when sampled (BPE keeps a bounded cache: BpeTokenizer.ids), then
+  masked."""
 
   def __init__(self, cfg: Config, tokenizer: encodings.KmerTokenizer | encodings.BpeTokenizer):
     self.cfg, self.tokenizer = cfg, tokenizer
@@ -199,10 +224,18 @@ class TokenEncoding:
     self.is_nucleotides_V = self.token_nucs[:, 0] >= 0
     self.lengths_V = np.sum(self.token_nucs >= 0, axis=1)  # 0 for special tokens and UNK
 
-  def batch(self, codes_BxN: np.ndarray, ended_B: np.ndarray, rng: np.random.Generator,
+  def read(self, fa: Source, indices: np.ndarray, rng: np.random.Generator | RowRandom | None,
+           random_frame: bool) -> np.ndarray:
+    """Token rows (B, L) of the windows; BPE training rows are runs of pieces instead
+    (read_pieces)."""
+    if rng is not None and isinstance(self.tokenizer, encodings.BpeTokenizer):
+      return read_pieces(fa, indices, self.tokenizer, rng)
+    return self.tokenizer(*read_windows(fa, indices, self.window, rng, self.unit, random_frame))
+
+  def batch(self, ids_BxL: np.ndarray, rng: np.random.Generator,
             labels_B: np.ndarray | None = None) -> Batch:
     del labels_B
-    return mask_tokens(self.tokenizer(codes_BxN, ended_B), rng, self.cfg, self.is_nucleotides_V)
+    return mask_tokens(ids_BxL, rng, self.cfg, self.is_nucleotides_V)
 
   def real_nucleotides(self, batch: Batch) -> int:
     """Nucleotides of real sequence in the batch: those of its tokens as they were before
@@ -227,11 +260,13 @@ class LabelEncoding:
     self.base = base
     self.window, self.unit = base.window, base.unit
 
-  def batch(self, codes_BxN: np.ndarray, ended_B: np.ndarray, rng: np.random.Generator,
+  def read(self, fa: Source, indices: np.ndarray, rng: np.random.Generator | RowRandom | None,
+           random_frame: bool) -> np.ndarray:
+    return self.base.read(fa, indices, rng, random_frame)
+
+  def batch(self, inputs: np.ndarray, rng: np.random.Generator,
             labels_B: np.ndarray | None = None) -> Batch:
-    del rng  # nothing to draw: the window was drawn by the caller
-    tokenizer = getattr(self.base, "tokenizer", None)
-    inputs = codes_BxN if tokenizer is None else tokenizer(codes_BxN, ended_B)
+    del rng  # nothing to draw: the window was drawn by read
     return {"inputs": inputs, "labels": np.asarray(labels_B, dtype=np.int8)}
 
   def real_nucleotides(self, batch: Batch) -> int:
@@ -304,7 +339,8 @@ class TrainSampler:
     """This host's sequence indices of batch `step` (0-based) of `epoch` (0-based)."""
     cfg = self.cfg
     if self._order is None or self._order[0] != epoch:  # one permutation per epoch, not per step
-      self._order = (epoch, epoch_order(len(self.fa), cfg.n_samples_per_epoch, rng_for(cfg.seed, epoch)))
+      order = epoch_order(len(self.fa), cfg.n_samples_per_epoch, rng_for("order", cfg.seed, epoch))
+      self._order = (epoch, order)
     local = cfg.batch_size // self.process_count
     first = step * cfg.batch_size + self.process_index * local
     return self._order[1][first:first + local]
@@ -319,10 +355,10 @@ class TrainSampler:
     indices = self.indices(epoch, step)
     local = cfg.batch_size // self.process_count
     first = self.process_index * local  # this host's first row of the global batch
-    rng = RowRandom([rng_for(cfg.seed, epoch, step, first + row) for row in range(len(indices))])
-    codes, ended = read_windows(self.fa, indices, enc.window, rng, enc.unit,
-                                not cfg.no_random_reading_frame)
-    batch = enc.batch(codes, ended, rng, labels_of(self.fa, indices))
+    rng = RowRandom([rng_for("row", cfg.seed, epoch, step, first + row)
+                     for row in range(len(indices))])
+    inputs = enc.read(self.fa, indices, rng, not cfg.no_random_reading_frame)
+    batch = enc.batch(inputs, rng, labels_of(self.fa, indices))
     if len(indices) < local:
       batch = concat([batch, enc.empty_rows(local - len(indices))])
     return batch
@@ -335,8 +371,8 @@ class TrainSampler:
 def eval_set(fa: Source, indices: np.ndarray, encoding: Encoding, seed: int) -> Batch:
   """Fixed windows (the 5' start) and masks drawn once from `seed`: the figures
   computed on this set move only when the model does."""
-  codes, ended = read_windows(fa, indices, encoding.window, None, encoding.unit, False)
-  return encoding.batch(codes, ended, rng_for(seed), labels_of(fa, indices))
+  inputs = encoding.read(fa, indices, None, False)
+  return encoding.batch(inputs, rng_for("eval", seed), labels_of(fa, indices))
 
 
 def eval_sizes(n_train: int, n_valid: int, n_eval: int) -> tuple[int, int]:

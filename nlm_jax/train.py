@@ -144,19 +144,18 @@ def with_params_from(state: TrainState, path: str, cfg: Config) -> TrainState:
 
 def make_train_step(cfg: Config, mesh: Mesh, task: tasks_lib.Task | None = None) -> Callable:
   """(state, batch, key) -> (state, metrics): batch sharded over `data`, state replicated
-  and donated, so parameters and optimizer state are updated in place. The task gives
-  the loss (token models train with label smoothing 0.1, as lncRNA-Py)."""
+  and donated, so parameters and optimizer state are updated in place; `key` is the
+  step's dropout key (dropout_key). The task gives the loss (token models train with
+  label smoothing 0.1, as lncRNA-Py)."""
   task = task or tasks_lib.for_config(cfg)
   model = model_lib.build(cfg)
   replicated = NamedSharding(mesh, P())
   rows = NamedSharding(mesh, P("data"))
 
   def step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array):
-    dropout_key = jax.random.fold_in(key, state.step)
-
     def loss_fn(params):
       outputs = model.apply({"params": params}, batch["inputs"], train=True,
-                            rngs={"dropout": dropout_key})
+                            rngs={"dropout": key})
       return task.loss(outputs, batch, train=True)
 
     (objective, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -171,6 +170,15 @@ def make_train_step(cfg: Config, mesh: Mesh, task: tasks_lib.Task | None = None)
 
   return jax.jit(step, in_shardings=(replicated, rows, replicated),
                  out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def dropout_key(seed: int, epoch: int, step: int) -> jax.Array:
+  """The dropout key of batch `step` of `epoch`: like the batch, a function of where it
+  falls in the run, not of the updates applied so far (a batch without targets applies
+  none); drawn on the host, from a stream of its own (sampler.rng_for)."""
+  rng = sampler_lib.rng_for("dropout", seed, epoch, step)
+  return jax.random.wrap_key_data(rng.integers(2 ** 32, size=2, dtype=np.uint32),
+                                  impl="threefry2x32")
 
 
 def make_eval_step(cfg: Config, mesh: Mesh, task: tasks_lib.Task | None = None) -> Callable:
@@ -361,7 +369,7 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
            jax.process_count(), mesh.devices.size, mesh.devices.flat[0].platform, cfg.precision,
            allocator.describe(), cfg.exp_name)
   log.info(data.description)
-  init_key, dropout_key = jax.random.split(jax.random.key(cfg.seed))
+  init_key = jax.random.split(jax.random.key(cfg.seed))[0]  # the first half: as before
   state, at = _start(cfg, mesh, task, checkpointer, init_key)
   if at.epoch >= cfg.epochs:
     log.info("%s already holds all %d epochs: nothing to do (raise --epochs to go on)",
@@ -372,7 +380,7 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
   sampler = sampler_lib.TrainSampler(data.train, cfg, encoding, jax.process_index(),
                                      jax.process_count())
   spe = sampler.steps_per_epoch
-  train_step, eval_step, eval_rows = _compile(cfg, mesh, task, state, dropout_key)
+  train_step, eval_step, eval_rows = _compile(cfg, mesh, task, state)
   report = _epoch_report(cfg, task, mesh, state, at.epoch, spe)
   stop_requested = StopRequests()
   stream = prefetch(batch for e in range(at.epoch, cfg.epochs)
@@ -386,7 +394,8 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
       for step in range(first, spe):
         batch = next(stream)  # sampled while the previous step ran
         sums["real_nucleotides"] += encoding.real_nucleotides(batch) * jax.process_count()
-        state, metrics = train_step(state, to_device(batch, mesh), dropout_key)
+        state, metrics = train_step(state, to_device(batch, mesh),
+                                    dropout_key(cfg.seed, epoch, step))
         pending.append((step, metrics))
         wait_for_previous([m for _, m in pending[-2:]])
         report.step(step, lambda: sum(not m["loss_sum"].is_ready() for _, m in pending))
@@ -475,8 +484,8 @@ def _start(cfg: Config, mesh: Mesh, task: tasks_lib.Task,
   return state, at
 
 
-def _compile(cfg: Config, mesh: Mesh, task: tasks_lib.Task, state: TrainState,
-             dropout_key: jax.Array) -> tuple[Callable, Callable, int]:
+def _compile(cfg: Config, mesh: Mesh, task: tasks_lib.Task,
+             state: TrainState) -> tuple[Callable, Callable, int]:
   """The compiled train and eval steps (from the persistent cache when it holds them) and
   the rows of an eval batch: on CPU the training batch (larger ones ran slower a row),
   elsewhere at least EVAL_ROWS."""
@@ -484,7 +493,8 @@ def _compile(cfg: Config, mesh: Mesh, task: tasks_lib.Task, state: TrainState,
   eval_rows = cfg.batch_size * (1 if on_cpu else -(-EVAL_ROWS // cfg.batch_size))
   empty = lambda rows: to_device(task.encoding.empty_rows(rows // jax.process_count()), mesh)
   t0, hits = time.perf_counter(), _cache_hits[:1]
-  lowered = (make_train_step(cfg, mesh, task).lower(state, empty(cfg.batch_size), dropout_key),
+  lowered = (make_train_step(cfg, mesh, task).lower(state, empty(cfg.batch_size),
+                                                    dropout_key(cfg.seed, 0, 0)),
              make_eval_step(cfg, mesh, task).lower(state.params, empty(eval_rows)))
   # XLA compiles without the GIL: both programs at once.
   with concurrent.futures.ThreadPoolExecutor(2) as pool:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from conftest import random_seqs, shared_path, write_fasta
-from nlm_jax import fasta as fasta_lib
+from nlm_jax import bpe, encodings, fasta as fasta_lib
 from nlm_jax import sampler
 from nlm_jax.config import Config
 
@@ -195,7 +195,7 @@ def test_host_shares_are_disjoint_and_form_the_global_batch(train_fa):
   """Each of 4 hosts draws its rows of the global batch: together they are the
   epoch's indices for that step, without overlap."""
   cfg = cfg_for(kernel_size=3, context_length=32, batch_size=8, n_samples_per_epoch=64)
-  order = sampler.epoch_order(50, 64, sampler.rng_for(cfg.seed, 0))
+  order = sampler.epoch_order(50, 64, sampler.rng_for("order", cfg.seed, 0))
   hosts = [sampler.TrainSampler(train_fa, cfg, sampler.ConvEncoding(cfg), process_index=p,
                                 process_count=4) for p in range(4)]
   for step in range(3):
@@ -237,3 +237,56 @@ def test_kmer_windows_start_in_a_random_reading_frame_unless_turned_off(tmp_path
   names = {int(tok.tokenize(t)[1]): t for t in ("AAC", "ACA", "CAA")}
   seen = {names[int(np.bincount(row[1:]).argmax())] for row in inputs}
   assert seen == frames
+
+
+@pytest.fixture(scope="module")
+def fitted_bpe(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("bpe")
+  fit_fa = write_fasta(folder / "fit.fa", random_seqs(40, 200, 400, seed=7))
+  bpe.fit(fit_fa, 40, str(folder / "40.bpe"))
+  return str(folder / "40.bpe")
+
+
+@pytest.mark.parametrize("model", ["fitted", "lncrnapy_256"])
+def test_bpe_training_rows_reach_the_3prime_end(tmp_path, fitted_bpe, model):
+  """A BPE training row is a run of consecutive pieces of the whole sequence, from any
+  piece on, so the last 10 nt of a long transcript are read. (Windows drawn in nucleotides
+  held context_length - 1 of the longest pieces; their first context_length - 1 pieces
+  never reached the 3' end.) A draw reads those nucleotides with probability p = (pieces
+  ending in them) / (possible starts); every draw misses them with probability < 1e-6."""
+  bpe_file = fitted_bpe if model == "fitted" else shared_path("data", "lncrnapy_256.bpe")
+  long, short = random_seqs(1, 600, 600, seed=8)[0], "ACGTTGCA" * 2
+  fa = fasta_lib.Fasta(write_fasta(tmp_path / "t.fa", [long, short]))
+  cfg = cfg_for(encoding_method="bpe", bpe_file=bpe_file, context_length=32, batch_size=64,
+                n_samples_per_epoch=64)
+  enc = sampler.encoding_for(cfg)
+  tok, n_pos = enc.tokenizer, cfg.context_length - 1
+  whole, _, ends = tok.spans(fa.codes(0))
+  p = np.sum(ends > len(long) - 10) / (len(whole) - n_pos + 1)
+  s = sampler.TrainSampler(fa, cfg, enc)
+  rows, read_to = [], []
+  for epoch in range(40):
+    batch = s.batch(epoch, 0)
+    ids_BxL = np.where(batch["targets"] >= 0, batch["targets"], batch["inputs"])
+    for i, row in zip(s.indices(epoch, 0), ids_BxL):
+      if i == 1:  # the short one: all its pieces and SEP, as in evaluation
+        np.testing.assert_array_equal(row, tok.tokenize(short))
+        continue
+      text = "".join(tok.pieces[t] for t in row if tok.is_nucleotides[t])
+      read_to.append(long.find(text) + len(text))
+      rows.append(row)
+  assert (1 - p) ** len(rows) < 1e-6
+  assert max(read_to) > len(long) - 10
+  runs = np.lib.stride_tricks.sliding_window_view(whole, n_pos)
+  for row in rows:  # full rows (no SEP) of consecutive pieces of the whole sequence
+    assert row[0] == encodings.CLS and (runs == row[1:]).all(axis=1).any()
+
+
+def test_each_use_of_randomness_has_its_own_stream():
+  """SeedSequence pads a key with zeros: without a domain, the epoch's order (seed, epoch)
+  and row 0 of step 0 (seed, epoch, 0, 0) would draw the same numbers."""
+  order = sampler.rng_for("order", 0, 3).random(4)
+  row = sampler.rng_for("row", 0, 3, 0, 0).random(4)
+  assert not np.allclose(order, row)
+  assert not np.allclose(sampler.rng_for("row", 0, 3).random(4), row)  # key length counts
+  np.testing.assert_array_equal(sampler.rng_for("row", 0, 3, 0, 0).random(4), row)
