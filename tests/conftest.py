@@ -99,13 +99,15 @@ COMMANDS = CommandServer()
 def run_command(module, cwd, *args, timeout=300, env=None, fresh=False):
   """`python -m module args` in cwd, its output captured; `env` adds to (or overrides) the
   environment, without conftest's XLA_FLAGS (8 fake devices are for in-process tests).
-  Unless `fresh` (or `env` is given), the process is forked from the command server: the
-  same command, without Python's start and JAX's import."""
+  Unless `fresh`, the process is forked from the command server: the same command, without
+  Python's start and JAX's import. So is one whose `env` sets XLA_FLAGS alone (read when
+  the child first asks JAX for its devices; the server never did); other variables may be
+  read by the imports, so their commands run afresh."""
   full_env = dict(os.environ)
   full_env.pop("XLA_FLAGS", None)
   full_env["PYTHONUNBUFFERED"] = "1"
-  if fresh or env or not COMMANDS.available():
-    full_env.update(env or {})
+  full_env.update(env or {})
+  if fresh or set(env or {}) - {"XLA_FLAGS"} or not COMMANDS.available():
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, errors="replace", timeout=timeout)
   return COMMANDS.run(module, args, cwd, full_env, timeout)

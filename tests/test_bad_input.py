@@ -8,10 +8,12 @@ tolerated). Legal but odd input (short sequences, IUPAC letters, gzip, CRLF) is 
 instead: the run finishes and writes finite numbers. A finished run's model folder, run
 again with the same command, is resumed: there is nothing to do and nothing changes.
 
-Every case runs the real command in a subprocess, in its own tmp_path with generated FASTA
-files. Most error cases end before JAX is imported (~0.1 s); the FASTA and folder checks
-happen after (~1 s); five runs train the tiny model below (~10 s each on a CPU), one of
-them once for every test that needs a finished model folder.
+Every case runs the real command in a process of its own, in its own tmp_path with
+generated FASTA files: forked from the command server (conftest.run_command), which has
+imported JAX already, and for one case of each kind (FRESH) afresh as well, which must
+write the same. Most error cases end before JAX is used (~0.1 s); the FASTA and folder
+checks happen after (~0.3 s); five runs train the tiny model below (~3 s each on a CPU),
+one of them once for every test that needs a finished model folder.
 
 Cases marked xfail(strict=True) are bugs: the command breaks the rule there.
 """
