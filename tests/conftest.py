@@ -1,8 +1,14 @@
-"""Test set-up: 8 fake CPU devices (set before JAX starts) and generated FASTA files."""
+"""Test set-up: 8 fake CPU devices (set before JAX starts), one compilation cache, generated
+FASTA files, and the commands run from a server that has imported JAX."""
 
 import atexit
+import json
 import os
+import selectors
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 
 # The commands the tests run share one compilation cache, never the user's (~/.cache).
@@ -11,10 +17,100 @@ atexit.register(shutil.rmtree, os.environ["NLM_JAX_COMPILATION_CACHE"], ignore_e
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 
+import jax
 import numpy as np
 import pytest
 
+# The tests in this process use that cache too: many compile the same tiny programs (a
+# random model's embedding, a config's train step), a third of their time before.
+jax.config.update("jax_compilation_cache_dir", os.environ["NLM_JAX_COMPILATION_CACHE"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
+
+
+class CommandServer:
+  """The client of command_server.py: runs `python -m MODULE ARGS` in a process forked
+  from one that has imported JAX already (see there), started on first use."""
+
+  def __init__(self):
+    self.proc = None
+
+  @staticmethod
+  def available() -> bool:
+    from nlm_jax import allocator
+
+    return sys.platform == "linux" and allocator.library() is not None
+
+  def _start(self):
+    from nlm_jax import allocator
+
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "LD_PRELOAD")}
+    env.update(LD_PRELOAD=allocator.library(), PYTHONUNBUFFERED="1")
+    self.log = tempfile.TemporaryFile()
+    self.proc = subprocess.Popen(
+        [sys.executable, os.path.join(os.path.dirname(__file__), "command_server.py")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env, bufsize=0)
+    self.buffer = b""
+    atexit.register(self.close)
+
+  def _message(self, timeout):
+    selector = selectors.DefaultSelector()
+    selector.register(self.proc.stdout, selectors.EVENT_READ)
+    while b"\n" not in self.buffer:
+      if not selector.select(timeout):
+        raise TimeoutError
+      chunk = os.read(self.proc.stdout.fileno(), 4096)
+      if not chunk:
+        self.log.seek(0)
+        raise RuntimeError("the command server ended: " + self.log.read().decode()[-3000:])
+      self.buffer += chunk
+    line, self.buffer = self.buffer.split(b"\n", 1)
+    return json.loads(line)
+
+  def run(self, module, args, cwd, env, timeout):
+    """subprocess.run([python, -m, module, *args], cwd, env, capture_output, text, timeout)."""
+    if self.proc is None or self.proc.poll() is not None:
+      self._start()
+    with tempfile.TemporaryDirectory(prefix="nlm_jax_command_") as tmp:
+      out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
+      self.proc.stdin.write((json.dumps({"module": module, "args": list(args), "cwd": str(cwd),
+                                         "env": env, "out": out, "err": err}) + "\n").encode())
+      pid = self._message(60)["pid"]
+      try:
+        status = self._message(timeout)["status"]
+      except TimeoutError:
+        os.kill(pid, signal.SIGKILL)
+        self._message(60)
+        raise subprocess.TimeoutExpired([module, *args], timeout) from None
+      with open(out, errors="replace") as f_out, open(err, errors="replace") as f_err:
+        return subprocess.CompletedProcess([sys.executable, "-m", module, *args], status,
+                                           f_out.read(), f_err.read())
+
+  def close(self):
+    if self.proc is not None and self.proc.poll() is None:
+      self.proc.stdin.close()
+      self.proc.wait(timeout=60)
+
+
+COMMANDS = CommandServer()
+
+
+def run_command(module, cwd, *args, timeout=300, env=None, fresh=False):
+  """`python -m module args` in cwd, its output captured; `env` adds to (or overrides) the
+  environment, without conftest's XLA_FLAGS (8 fake devices are for in-process tests).
+  Unless `fresh`, the process is forked from the command server: the same command, without
+  Python's start and JAX's import. So is one whose `env` sets XLA_FLAGS alone (read when
+  the child first asks JAX for its devices; the server never did); other variables may be
+  read by the imports, so their commands run afresh."""
+  full_env = dict(os.environ)
+  full_env.pop("XLA_FLAGS", None)
+  full_env["PYTHONUNBUFFERED"] = "1"
+  full_env.update(env or {})
+  if fresh or set(env or {}) - {"XLA_FLAGS"} or not COMMANDS.available():
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, errors="replace", timeout=timeout)
+  return COMMANDS.run(module, args, cwd, full_env, timeout)
 
 
 def write_fasta(path, seqs, prefix="seq"):

@@ -8,10 +8,12 @@ tolerated). Legal but odd input (short sequences, IUPAC letters, gzip, CRLF) is 
 instead: the run finishes and writes finite numbers. A finished run's model folder, run
 again with the same command, is resumed: there is nothing to do and nothing changes.
 
-Every case runs the real command in a subprocess, in its own tmp_path with generated FASTA
-files. Most error cases end before JAX is imported (~0.1 s); the FASTA and folder checks
-happen after (~1 s); five runs train the tiny model below (~10 s each on a CPU), one of
-them once for every test that needs a finished model folder.
+Every case runs the real command in a process of its own, in its own tmp_path with
+generated FASTA files: forked from the command server (conftest.run_command), which has
+imported JAX already, and for one case of each kind (FRESH) afresh as well, which must
+write the same. Most error cases end before JAX is used (~0.1 s); the FASTA and folder
+checks happen after (~0.3 s); five runs train the tiny model below (~3 s each on a CPU),
+one of them once for every test that needs a finished model folder.
 
 Cases marked xfail(strict=True) are bugs: the command breaks the rule there.
 """
@@ -31,6 +33,8 @@ import time
 
 import numpy as np
 import pytest
+
+from conftest import run_command
 
 PREFIX = "nlm_jax.pretrain: error:"
 BPE_PREFIX = "nlm_jax.bpe: error:"
@@ -67,22 +71,18 @@ def good_files(tmp_path):
   write_fasta(tmp_path / "valid.fa", random_seqs(16, 20, 80, seed=2), "valid")
 
 
-def run_module(module, tmp_path, *args, timeout=300, env=None):
-  """`python -m module args` in tmp_path; `env` adds to (or overrides) the environment."""
-  full_env = dict(os.environ)
-  full_env.pop("XLA_FLAGS", None)  # conftest fakes 8 devices for in-process tests; not here
-  full_env["PYTHONUNBUFFERED"] = "1"
-  full_env.update(env or {})
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=full_env,
-                        capture_output=True, text=True, errors="replace", timeout=timeout)
+def run_module(module, tmp_path, *args, timeout=300, env=None, fresh=False):
+  """`python -m module args` in tmp_path (conftest.run_command: forked from the command
+  server unless `fresh` or `env`); `env` adds to (or overrides) the environment."""
+  return run_command(module, tmp_path, *args, timeout=timeout, env=env, fresh=fresh)
 
 
-def run_pretrain(tmp_path, *args, timeout=300, env=None):
-  return run_module("nlm_jax.pretrain", tmp_path, *args, timeout=timeout, env=env)
+def run_pretrain(tmp_path, *args, timeout=300, env=None, fresh=False):
+  return run_module("nlm_jax.pretrain", tmp_path, *args, timeout=timeout, env=env, fresh=fresh)
 
 
-def run_bpe(tmp_path, *args, timeout=120):
-  return run_module("nlm_jax.bpe", tmp_path, *args, timeout=timeout)
+def run_bpe(tmp_path, *args, timeout=120, fresh=False):
+  return run_module("nlm_jax.bpe", tmp_path, *args, timeout=timeout, fresh=fresh)
 
 
 def snapshot(root):
@@ -435,6 +435,19 @@ ERROR_CASES = {
 # Bugs: the command breaks the rule for these cases (see each reason).
 XFAIL: dict[str, str] = {}
 
+# Cases also run afresh (Python's start, the allocator's re-exec and the imports included),
+# one of each kind: refused while parsing flags, by the Config, by a FASTA check and a
+# folder check after JAX is imported, by a BPE file, before a batch that cannot fit. The
+# forked process must write exactly what the fresh one writes.
+FRESH = ("unknown_flag", "one_path", "heads_not_dividing", "empty_file", "text_not_fasta",
+         "model_parent_is_file", "bpe_file_truncated", "batch_size_far_too_large")
+
+
+def assert_same_as_fresh(forked, module, tmp_path, *args):
+  fresh = run_module(module, tmp_path, *args, fresh=True)
+  assert (forked.returncode, forked.stdout, forked.stderr) == (
+      fresh.returncode, fresh.stdout, fresh.stderr), (forked, fresh)
+
 
 def _cases(cases, xfail):
   """Parameters; a known bug must fail the test's assertions (anything else is an error)."""
@@ -454,6 +467,9 @@ def test_bad_input_is_one_line_error(tmp_path, case):
   proc = run_pretrain(tmp_path, *positional, *TINY, *flag_args)
   assert_one_line_error(proc, fragments)
   assert_unchanged(before, snapshot(tmp_path))
+  if case in FRESH:
+    assert_same_as_fresh(proc, "nlm_jax.pretrain", tmp_path, *positional, *TINY, *flag_args)
+    assert_unchanged(before, snapshot(tmp_path))
 
 
 @pytest.mark.parametrize("which", ["results", "model"])
@@ -543,8 +559,9 @@ def small_disk(tmp_path):
 
 def test_full_disk_is_one_line_error_and_leaves_no_temporary_files(tmp_path, small_disk):
   good_files(tmp_path)
+  # Afresh: this is where libraries' late writes (at exit) once broke the one line.
   proc = run_pretrain(tmp_path, "train.fa", "valid.fa", *TINY, "--epochs=3",
-                      "--model_dir=disk/M", "--results_dir=disk/R")
+                      "--model_dir=disk/M", "--results_dir=disk/R", fresh=True)
   assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
   errors = [l for l in proc.stderr.splitlines() if not l.startswith("I")]  # progress lines
   assert len(errors) == 1 and errors[0].startswith(PREFIX), proc.stderr[-3000:]
@@ -675,6 +692,7 @@ BPE_CASES = {
 }
 
 BPE_XFAIL: dict[str, str] = {}
+BPE_FRESH = ("not_fasta", "vocab_size_not_a_number", "unknown_flag")  # as FRESH above
 
 
 @pytest.mark.parametrize("case", _cases(BPE_CASES, BPE_XFAIL))
@@ -685,6 +703,9 @@ def test_bpe_bad_input_is_one_line_error(tmp_path, case):
   proc = run_bpe(tmp_path, *args)
   assert_one_line_error(proc, fragments, prefix=BPE_PREFIX, progress=("fitting ", "  read "))
   assert_unchanged(before, snapshot(tmp_path))
+  if case in BPE_FRESH:
+    assert_same_as_fresh(proc, "nlm_jax.bpe", tmp_path, *args)
+    assert_unchanged(before, snapshot(tmp_path))
   if case == "vocab_size_too_large":  # the maximum it names is the true one: that size fits
     high = int(re.search(r"at most (\d+)", proc.stderr).group(1))
     assert 9 <= high < 100000, proc.stderr

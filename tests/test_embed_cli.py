@@ -14,8 +14,8 @@ import nlm_jax
 from conftest import random_seqs, write_fasta
 from nlm_jax import train
 from nlm_jax.config import Config
-from test_bad_input import (assert_one_line_error, assert_unchanged, fill, run_module, small_disk,
-                             snapshot)
+from test_bad_input import (assert_one_line_error, assert_same_as_fresh, assert_unchanged, fill,
+                             run_module, small_disk, snapshot)
 
 SMALL = dict(d_model=32, n_kernels=32, N=1, h=4, kernel_size=3, context_length=16,
              batch_size=8, warmup_steps=4, n_samples_per_epoch=32, encoder_dropout=0.0)
@@ -278,6 +278,12 @@ EXPORT_CASES = {
 }
 
 
+# Also run afresh, as test_bad_input.FRESH: before the model is read, while reading it,
+# while streaming the FASTA, and export's own check.
+FRESH = (("embed", "fasta_missing"), ("embed", "model_dir_without_checkpoint"),
+         ("embed", "protein_fasta"), ("export", "out_dir_exists"))
+
+
 @pytest.mark.parametrize("command,case", [("embed", c) for c in EMBED_CASES] +
                          [("export", c) for c in EXPORT_CASES])
 def test_bad_input_is_one_line_error(model_dir, tmp_path, command, case):
@@ -289,8 +295,11 @@ def test_bad_input_is_one_line_error(model_dir, tmp_path, command, case):
   proc = run_module(f"nlm_jax.{command}", tmp_path, *args)
   assert_one_line_error(proc, fragments, prefix=f"nlm_jax.{command}: error:",
                         progress=("embedding ",))
-  if case == "protein_fasta":  # found while streaming: the partial file is gone, the folder touched
-    assert snapshot(tmp_path)[0] == before[0]
-  else:
-    assert_unchanged(before, snapshot(tmp_path))
-  assert_unchanged(model_before, snapshot(model_dir))
+  for fresh in (False, True) if (command, case) in FRESH else (False,):
+    if fresh:
+      assert_same_as_fresh(proc, f"nlm_jax.{command}", tmp_path, *args)
+    if case == "protein_fasta":  # found while streaming: the partial file is gone, the folder touched
+      assert snapshot(tmp_path)[0] == before[0]
+    else:
+      assert_unchanged(before, snapshot(tmp_path))
+    assert_unchanged(model_before, snapshot(model_dir))

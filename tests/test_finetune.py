@@ -17,7 +17,8 @@ from conftest import write_fasta
 from nlm_jax import classify, command, config, fasta as fasta_lib, model as model_lib, sampler, tasks, train
 from nlm_jax.history import columns
 from nlm_jax.config import Config, UserError
-from test_bad_input import assert_one_line_error, assert_unchanged, run_module, snapshot
+from test_bad_input import (assert_one_line_error, assert_same_as_fresh, assert_unchanged, run_module,
+                            snapshot)
 
 RUN_DEVICES = jax.devices()[:1]  # whole runs on one device (see test_train.py)
 TINY = dict(d_model=32, n_kernels=32, N=1, h=4, kernel_size=3, context_length=32, batch_size=16,
@@ -409,11 +410,15 @@ def test_finetune_bad_input_is_one_line_and_changes_nothing(runs, tmp_path):
        ["is a fine-tuned classifier, not a pre-trained model"]),
       ((pc_t, nc_t, pc_v), ["expected four FASTA paths"]),
   ]
-  for argv, fragments in cases:
+  for i, (argv, fragments) in enumerate(cases):
     before = snapshot(tmp_path)
-    proc = run_module("nlm_jax.finetune", tmp_path, *argv, "--model_dir=M", "--results_dir=R")
+    argv = (*argv, "--model_dir=M", "--results_dir=R")
+    proc = run_module("nlm_jax.finetune", tmp_path, *argv)
     assert_one_line_error(proc, fragments, prefix="nlm_jax.finetune: error:")
     assert_unchanged(before, snapshot(tmp_path))
+    if i == 0:  # afresh too, as test_bad_input.FRESH
+      assert_same_as_fresh(proc, "nlm_jax.finetune", tmp_path, *argv)
+      assert_unchanged(before, snapshot(tmp_path))
 
 
 def test_classify_bad_input_is_one_line(runs, tmp_path):
@@ -428,3 +433,6 @@ def test_classify_bad_input_is_one_line(runs, tmp_path):
     proc = run_module("nlm_jax.classify", tmp_path, *argv)
     assert_one_line_error(proc, fragments, prefix="nlm_jax.classify: error:", progress=("classifying",))
     assert_unchanged(before, snapshot(tmp_path))
+    if argv[-1] == "out.csv":  # afresh too, as test_bad_input.FRESH
+      assert_same_as_fresh(proc, "nlm_jax.classify", tmp_path, *argv)
+      assert_unchanged(before, snapshot(tmp_path))

@@ -4,6 +4,7 @@ same command again, and get the history of a run that was never interrupted."""
 import dataclasses
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import run_command
 from nlm_jax import checkpoint, model as model_lib, sampler, synthetic, train
 from nlm_jax.config import Config
 
@@ -38,6 +40,11 @@ def command(data, *extra):
   return [sys.executable, "-m", "nlm_jax.pretrain", *data, *FLAGS, *extra]
 
 
+def pretrain(folder, *args):
+  """The pretrain command, run to its end (from the command server: conftest.run_command)."""
+  return run_command("nlm_jax.pretrain", folder, *args, timeout=300)
+
+
 def history(folder):
   with open(os.path.join(folder, "R", NAME, "history.csv")) as f:
     return f.read()
@@ -46,8 +53,7 @@ def history(folder):
 @pytest.fixture(scope="module")
 def uninterrupted(data, tmp_path_factory):
   folder = tmp_path_factory.mktemp("whole")
-  out = subprocess.run(command(data), cwd=folder, env=env(), capture_output=True, text=True,
-                       timeout=300)
+  out = pretrain(folder, *data, *FLAGS)
   assert out.returncode == 0, out.stderr[-2000:]
   return history(folder)
 
@@ -88,31 +94,46 @@ def read(path):
     return f.read()
 
 
+@pytest.fixture(scope="module")
+def sigkilled(data, tmp_path_factory):
+  """A run killed (SIGKILL) inside epoch 2: (folder, exit status, stderr). Tests resume
+  copies of it."""
+  folder = tmp_path_factory.mktemp("sigkilled")
+  return folder, *kill_mid_epoch(data, folder, signal.SIGKILL)
+
+
+def killed_copy(sigkilled, tmp_path):
+  folder, code, err = sigkilled
+  for name in ("M", "R"):
+    if os.path.isdir(folder / name):
+      shutil.copytree(folder / name, tmp_path / name, symlinks=True)
+  return code, err
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT],
                          ids=lambda s: s.name)
-def test_killed_run_resumes_to_the_same_history(data, uninterrupted, tmp_path, sig):
+def test_killed_run_resumes_to_the_same_history(data, uninterrupted, sigkilled, tmp_path, sig):
   """SIGTERM (a preemption notice) and SIGINT (Ctrl-C) save the resume checkpoint and stop
   with one line, exit status 3 and 130; SIGKILL leaves the last checkpoint."""
-  code, err = kill_mid_epoch(data, tmp_path, sig)
-  if sig != signal.SIGKILL:
+  if sig == signal.SIGKILL:
+    code, _ = killed_copy(sigkilled, tmp_path)
+    assert code == -signal.SIGKILL
+  else:
+    code, err = kill_mid_epoch(data, tmp_path, sig)
     assert code == {signal.SIGTERM: 3, signal.SIGINT: 130}[sig], err[-2000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"nlm_jax.pretrain: {sig.name} at epoch 2, step ")
     assert "saved the resume checkpoint" in last and "run the same command" in last
     assert "Traceback" not in err
-  else:
-    assert code == -signal.SIGKILL
   rows_before = history(tmp_path).count("\n") - 1 if os.path.exists(
       os.path.join(tmp_path, "R", NAME, "history.csv")) else 0
   assert rows_before < 3
-  out = subprocess.run(command(data), cwd=tmp_path, env=env(), capture_output=True, text=True,
-                       timeout=300)
+  out = pretrain(tmp_path, *data, *FLAGS)
   assert out.returncode == 0, out.stderr[-2000:]
   assert re.search(r"resuming .* from epoch [23], step \d+", out.stderr), out.stderr[-2000:]
   assert history(tmp_path) == uninterrupted
   # A finished run re-run: nothing to do, nothing changed.
-  again = subprocess.run(command(data), cwd=tmp_path, env=env(), capture_output=True, text=True,
-                         timeout=300)
+  again = pretrain(tmp_path, *data, *FLAGS)
   assert again.returncode == 0 and "nothing to do" in again.stderr
   assert "resuming" not in again.stderr  # not "from epoch 4" of a 3-epoch run
   assert history(tmp_path) == uninterrupted
@@ -134,16 +155,16 @@ def test_second_ctrl_c_stops_at_once():
     signal.signal(signal.SIGINT, before)
 
 
-def test_damaged_newest_checkpoint_falls_back_to_the_one_before(data, uninterrupted, tmp_path):
-  code, _ = kill_mid_epoch(data, tmp_path, signal.SIGKILL)
+def test_damaged_newest_checkpoint_falls_back_to_the_one_before(data, uninterrupted, sigkilled,
+                                                                tmp_path):
+  killed_copy(sigkilled, tmp_path)
   model = tmp_path / "M" / NAME
   newest = max(int(n) for n in os.listdir(model) if n.isdigit())
   for root, _, files in os.walk(model / str(newest)):
     for name in files:
       with open(os.path.join(root, name), "r+b") as f:
         f.truncate(max(0, os.path.getsize(os.path.join(root, name)) // 3))
-  out = subprocess.run(command(data), cwd=tmp_path, env=env(), capture_output=True, text=True,
-                       timeout=300)
+  out = pretrain(tmp_path, *data, *FLAGS)
   assert out.returncode == 0, out.stderr[-2000:]
   assert f"/{newest} cannot be read" in out.stderr
   assert history(tmp_path) == uninterrupted
@@ -151,29 +172,25 @@ def test_damaged_newest_checkpoint_falls_back_to_the_one_before(data, uninterrup
 
 def test_changed_settings_are_refused_and_fresh_keeps_the_old_folders(data, tmp_path):
   short = [f for f in FLAGS if not f.startswith("--epochs")] + ["--epochs=1"]
-  base = [sys.executable, "-m", "nlm_jax.pretrain", *data,
-          f"--compilation_cache={tmp_path / 'xla_cache'}"]  # a new cache: the first run compiles
-  first = subprocess.run(base + short, cwd=tmp_path, env=env(), capture_output=True, text=True)
+  base = [*data, f"--compilation_cache={tmp_path / 'xla_cache'}"]  # new: the first run compiles
+  first = pretrain(tmp_path, *base, *short)
   assert first.returncode == 0, first.stderr[-2000:]
   assert "steps compiled in" in first.stderr and "from the compilation cache" not in first.stderr
   snapshot = sorted(os.listdir(tmp_path / "M" / NAME))
-  out = subprocess.run(base + short + ["--p_mlm=0.2"], cwd=tmp_path, env=env(),
-                       capture_output=True, text=True)
+  out = pretrain(tmp_path, *base, *short, "--p_mlm=0.2")
   assert out.returncode == 2
   line = out.stderr.strip()
   assert "\n" not in line and "--p_mlm 0.15 -> 0.2" in line and "--fresh" in line
   assert sorted(os.listdir(tmp_path / "M" / NAME)) == snapshot
   # A longer run of the same settings goes on from where the first stopped.
-  out = subprocess.run(base + short[:-1] + ["--epochs=2"], cwd=tmp_path, env=env(),
-                       capture_output=True, text=True)
+  out = pretrain(tmp_path, *base, *short[:-1], "--epochs=2")
   assert out.returncode == 0 and "from epoch 2" in out.stderr
   assert "steps compiled in" in out.stderr and "(from the compilation cache)" in out.stderr
   old_results = {n: (tmp_path / "R" / NAME / n).read_bytes()
                  for n in os.listdir(tmp_path / "R" / NAME)}
   assert old_results["history.csv"].count(b"\n") == 3  # header and 2 epochs
   # --fresh starts anew and keeps the old model and results folders aside, untouched.
-  out = subprocess.run(base + short + ["--p_mlm=0.2", "--fresh"], cwd=tmp_path, env=env(),
-                       capture_output=True, text=True)
+  out = pretrain(tmp_path, *base, *short, "--p_mlm=0.2", "--fresh")
   assert out.returncode == 0, out.stderr[-2000:]
   kept = [n for n in os.listdir(tmp_path / "M") if n.startswith(NAME + ".replaced-")]
   assert len(kept) == 1
