@@ -383,7 +383,12 @@ def restore(path: str) -> tuple[Config, Any]:
   if step is None:
     raise UserError(f"{path!r} holds no checkpoint: pass a folder written by nlm_jax.pretrain.")
   per_layer = _per_layer(os.path.join(path, str(step)))
+  # Read onto this process's first device: the run may have saved from another topology
+  # (several CPU devices or GPUs), which orbax refuses to take from the metadata.
+  here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here),
+                        model_lib.abstract_params(cfg))
   restored = manager.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(_restore_target(model_lib.abstract_params(cfg), per_layer))))
+      params=ocp.args.StandardRestore(_restore_target(target, per_layer))))
   manager.close()
   return cfg, model_lib.stack_blocks(restored["params"])

@@ -427,7 +427,7 @@ ERROR_CASES = {
                               fragments=["model folder", "/proc/nope", "--model_dir"]),
     # A batch that could never fit: refused before XLA tries.
     "batch_size_far_too_large": _args("train.fa", "valid.fa", "--batch_size=100000000",
-                                      fragments=["100,000,000 rows", "GiB",
+                                      fragments=["rows of 8 positions per device need at least", "GiB",
                                                  "lower --batch_size (or --context_length)"]),
 }
 

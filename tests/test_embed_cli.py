@@ -303,3 +303,20 @@ def test_bad_input_is_one_line_error(model_dir, tmp_path, command, case):
     else:
       assert_unchanged(before, snapshot(tmp_path))
     assert_unchanged(model_before, snapshot(model_dir))
+
+
+def test_a_model_trained_on_several_devices_is_read_on_one(tmp_path):
+  # On a CPU a run splits its batch over one device per core; export and embed may then
+  # run with another device count (orbax refused that topology before the fix).
+  t = write_fasta(tmp_path / "t.fa", random_seqs(30, 20, 100, seed=1))
+  v = write_fasta(tmp_path / "v.fa", random_seqs(10, 20, 100, seed=2))
+  cfg = Config(t, v, epochs=1, model_dir=str(tmp_path / "M"), results_dir=str(tmp_path / "R"),
+               **SMALL)
+  train.run(cfg, jax.devices()[:2])
+  one = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  proc = run_module("nlm_jax.export", tmp_path, cfg.checkpoint_path, "exported", env=one)
+  assert proc.returncode == 0, proc.stderr
+  proc = run_module("nlm_jax.embed", tmp_path, cfg.checkpoint_path, "v.fa", "out.npz", env=one)
+  assert proc.returncode == 0, proc.stderr
+  api = nlm_jax.load(cfg.checkpoint_path, devices=jax.devices()[:1]).embed(random_seqs(10, 20, 100, seed=2))
+  np.testing.assert_allclose(np.load(tmp_path / "out.npz")["embeddings"], api, atol=1e-5)
