@@ -84,7 +84,7 @@ def train(prog: str, fv: flags.FlagValues, argv: list[str],
     if fv.distributed:
       train_lib.initialize_distributed(fv.coordinator_address, fv.num_processes, fv.process_id)
     else:
-      train_lib.use_cpu_devices(fv.cpu_devices, cfg.batch_size)
+      train_lib.use_cpu_devices(fv.cpu_devices, cfg)
     cli.quiet_libraries()
     try:
       train_lib.run(cfg)

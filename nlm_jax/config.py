@@ -161,7 +161,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS, task: str = "mlm") -> None:
       "cpu_devices", 0,
       "On a CPU, split each batch over this many JAX devices (data parallel inside one "
       "machine: XLA keeps the cores busier with one device per core). 0: one per core, at "
-      "most the batch size, a divisor of it. Ignored when XLA_FLAGS sets "
+      "most the batch size, a divisor of it; 1 for models whose steps are too small to gain "
+      "(batch x context x d_model^2 x N below 2^25). Ignored when XLA_FLAGS sets "
       "--xla_force_host_platform_device_count, with --distributed, and on GPUs and TPUs.",
       lower_bound=0, **d)
   flags.DEFINE_boolean(

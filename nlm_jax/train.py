@@ -55,16 +55,30 @@ def initialize_distributed(coordinator_address: str | None = None,
                     "--num_processes and --process_id.") from None
 
 
-def use_cpu_devices(count: int, batch_size: int) -> int:
-  """Before JAX starts its backends: `count` CPU devices (0: one per core this process may
-  use, reduced to a divisor of the batch size), so that a batch is split over the cores as
-  over GPUs (two devices on two cores ran the bench's e2e steps 1.25x faster than one).
-  The user's XLA_FLAGS device count wins. Returns the number set, 0 where none was."""
+# Below this much dense work a step (batch x context x d_model^2 x N) is too short to split
+# over CPU devices: the all-reduce costs more than the second core gives. Measured on 2 cores:
+# the bench's e2e command (2^26) trained 1.27x faster on two devices than on one, the README
+# demo (2^23) 10% slower.
+CPU_SPLIT_WORK = 2 ** 25
+
+
+def cpu_device_count(cfg: Config, cores: int | None = None) -> int:
+  """--cpu_devices 0: one CPU device per core this process may use, reduced to a divisor of
+  the batch size, or 1 when a step's dense work is below CPU_SPLIT_WORK."""
+  if cores is None:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  if cfg.batch_size * cfg.context_length * cfg.d_model ** 2 * cfg.N < CPU_SPLIT_WORK:
+    return 1
+  return max(n for n in range(1, min(cores or 1, cfg.batch_size) + 1) if cfg.batch_size % n == 0)
+
+
+def use_cpu_devices(count: int, cfg: Config) -> int:
+  """Before JAX starts its backends: `count` CPU devices (0: cpu_device_count), so that a
+  batch is split over the cores as over GPUs. The user's XLA_FLAGS device count wins.
+  Returns the number set, 0 where none was."""
   if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
     return 0
-  if not count:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    count = max(n for n in range(1, min(cores or 1, batch_size) + 1) if batch_size % n == 0)
+  count = count or cpu_device_count(cfg)
   try:
     jax.config.update("jax_num_cpu_devices", count)
   except RuntimeError:  # the backends are up already (an in-process caller): keep theirs

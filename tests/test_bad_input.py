@@ -848,3 +848,14 @@ def test_windows_line_endings_and_empty_lines_train(tmp_path):
     np.testing.assert_array_equal(fa.codes(i), fasta_lib.encode(s))
   assert fa.name(0) == "train_0"
   assert_trains(run_pretrain(tmp_path, "train.fa", "valid.fa", *TINY), tmp_path)
+
+
+def test_cpu_devices_that_do_not_divide_the_batch_is_one_line_error(tmp_path):
+  # --cpu_devices reaches JAX (no device count in XLA_FLAGS): 3 devices cannot split 8 rows.
+  good_files(tmp_path)
+  before = snapshot(tmp_path)
+  proc = run_pretrain(tmp_path, "train.fa", "valid.fa", *TINY, "--batch_size=8",
+                      "--cpu_devices=3", env={"XLA_FLAGS": ""})
+  assert_one_line_error(proc, ["--batch_size 8", "not divisible by the 3 devices",
+                               "--cpu_devices"])
+  assert_unchanged(before, snapshot(tmp_path))

@@ -86,8 +86,7 @@ def test_bench_demo(tmp_path):
     assert min(parts) >= 0 and math.isclose(sum(parts), record["wall_s"], rel_tol=1e-6)
     assert record["user_s"] > 0 and record["minor_faults"] > 0 and record["max_rss_bytes"] > 0
     assert 0 < record["accuracy_valid"] < 1 and record["train_real_nucleotides_per_s"] > 0
-    # Without XLA_FLAGS the command splits its batch of 8 over one CPU device per core.
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    assert record["devices"] == f"{max(n for n in (1, 2, 4, 8) if n <= cores)} cpu"
+    # Without XLA_FLAGS the command chooses its CPU devices (train.cpu_device_count).
+    assert record["devices"] == "1 cpu"  # the tiny e2e's steps are too small to split
     if sys.platform == "linux":
       assert record["allocator"] == "malloc: mimalloc"

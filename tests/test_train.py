@@ -256,3 +256,13 @@ def test_the_step_draws_dropout_from_the_key_of_its_epoch_and_step(tmp_path):
   assert loss(key) != loss(train.dropout_key(0, 2, 6))
   assert loss(key) != loss(train.dropout_key(1, 2, 5))
   assert loss(train.dropout_key(0, 0, 1)) != loss(train.dropout_key(0, 1, 0))
+
+
+def test_cpu_device_count_splits_only_steps_large_enough():
+  e2e = Config("t.fa", "v.fa", d_model=128, N=2, n_kernels=128, kernel_size=9, context_length=256,
+               batch_size=8)
+  assert [train.cpu_device_count(e2e, cores) for cores in (1, 2, 3, 4, 16)] == [1, 2, 2, 4, 8]
+  assert train.cpu_device_count(dataclasses.replace(e2e, batch_size=6), 4) == 3  # a divisor
+  demo = Config("t.fa", "v.fa", d_model=64, N=2, n_kernels=64, kernel_size=9, context_length=64,
+                batch_size=16)  # launch/demo.flags: too small a step to gain from splitting
+  assert train.cpu_device_count(demo, 2) == 1
