@@ -195,15 +195,8 @@ class Model:
     of sequences, in order, holding only one chunk in memory."""
     if pooling not in POOLINGS:
       raise UserError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}.")
-    if long_sequences not in LONG_SEQUENCES:
-      raise UserError(f"long_sequences must be one of {', '.join(LONG_SEQUENCES)}, got "
-                      f"{long_sequences!r}.")
-    chunk = chunk or 16 * self.batch_size
-    it = iter(sequences)
-    first = 0
-    while seqs := list(itertools.islice(it, chunk)):
+    for seqs, first in self._chunks(sequences, long_sequences, chunk):
       yield self._embed_chunk(seqs, pooling, long_sequences == "truncate", first)
-      first += len(seqs)
 
   def _embed_chunk(self, seqs: list[str], pooling: str, truncate: bool, first: int) -> np.ndarray:
     rows, owner = [], []
@@ -250,14 +243,19 @@ class Model:
     if not self.cfg.is_classifier:
       raise UserError(f"{self.cfg.exp_name} is a pre-trained (masked language) model, not a "
                       "classifier: fine-tune it first with python -m nlm_jax.finetune.")
+    for seqs, first in self._chunks(sequences, long_sequences, chunk):
+      yield self._classify_chunk(seqs, long_sequences == "truncate", first)
+
+  def _chunks(self, sequences: Iterable[str], long_sequences: str, chunk: int | None
+              ) -> Iterator[tuple[list[str], int]]:
+    """Consecutive chunks of `sequences` (default 16 batches) with the index of each
+    chunk's first sequence, once `long_sequences` is checked."""
     if long_sequences not in LONG_SEQUENCES:
       raise UserError(f"long_sequences must be one of {', '.join(LONG_SEQUENCES)}, got "
                       f"{long_sequences!r}.")
-    chunk = chunk or 16 * self.batch_size
-    it = iter(sequences)
-    first = 0
-    while seqs := list(itertools.islice(it, chunk)):
-      yield self._classify_chunk(seqs, long_sequences == "truncate", first)
+    it, first = iter(sequences), 0
+    while seqs := list(itertools.islice(it, chunk or 16 * self.batch_size)):
+      yield seqs, first
       first += len(seqs)
 
   def _classify_fn(self, params: Any, inputs: jax.Array) -> dict[str, jax.Array]:
