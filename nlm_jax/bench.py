@@ -163,7 +163,7 @@ _STREAM_S = flags.DEFINE_float("stream_s", 10.0, "Seconds of batch drawing from 
 _SAMPLER_S = flags.DEFINE_float("sampler_s", 1.5, "Seconds of TrainSampler.batch timing per "
                                 "configuration.", lower_bound=0.05)
 _PEAK_N = flags.DEFINE_integer("peak_n", None, "Matmul size of the peak measurement (default: "
-                               "2048 on CPU, 8192 on accelerators).", lower_bound=128)
+                               "1024 on CPU, 8192 on accelerators).", lower_bound=128)
 _FIT_MEMORY = flags.DEFINE_boolean(
     "fit_memory", True, "On CPU, halve a configuration's batch while its compiled step needs "
     "more than 85% of the available host memory (batch_size then differs from "
@@ -438,7 +438,7 @@ def train_record(name: str, cfg: Config, warmup: int, steps: int) -> dict[str, A
     flops, source = flops_model, f"{model_source} (cost_analysis undercounts)"
 
   peak_dtype = dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
-  peak_n = _PEAK_N.value or (2048 if platform == "cpu" else 8192)
+  peak_n = _PEAK_N.value or (1024 if platform == "cpu" else 8192)
   log(f"  measuring the {peak_n}x{peak_n} {peak_dtype} matmul peak")
   peak, peak_iters = flops_lib.peak_flops(peak_dtype, peak_n, devices[0])
   log(f"  {peak / 1e9:.1f} GFLOP/s peak, {flops / step_s / 1e9:.1f} GFLOP/s achieved")

@@ -32,11 +32,12 @@ def peak_flops(dtype: Any, n: int | None = None, device: jax.Device | None = Non
                repeats: int = 5) -> tuple[float, int]:
   """Best of `repeats` FLOP/s of a jitted chain of n x n matmuls in `dtype` on one device
   (a fori_loop whose every product feeds the next, so none can be hoisted): the practical
-  peak. n defaults to 2048 on CPU, 8192 elsewhere. Returns (FLOP/s, matmuls per chain)."""
+  peak. n defaults to 1024 on CPU (2048 gave the same peak on 2 cores, in 4 times the
+  time: 0.5 s of every first run), 8192 elsewhere. Returns (FLOP/s, matmuls per chain)."""
   device = device or jax.devices()[0]
   on_cpu = device.platform == "cpu"
-  n = n or (2048 if on_cpu else 8192)
-  iters = 4 if on_cpu else 50
+  n = n or (1024 if on_cpu else 8192)
+  iters = 8 if on_cpu else 50
   dt = jnp.dtype(dtype)
   a_NxN = jax.device_put(jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dt), device)
   b_NxN = jax.device_put(
@@ -54,7 +55,7 @@ def peak_flops(dtype: Any, n: int | None = None, device: jax.Device | None = Non
 def cached_peak_flops(dtype: Any, device: jax.Device, folder: str | None) -> tuple[float, bool]:
   """peak_flops(dtype, device=device, repeats=2), measured once per JAX version, device
   kind, dtype and core count and kept in folder/peak_flops.json (the compilation cache's
-  folder: start-up skips the ~0.6 s measurement). folder None: measured every time.
+  folder: start-up skips the measurement, 0.1-0.4 s). folder None: measured every time.
   Returns (FLOP/s, whether it came from the file)."""
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   key = f"jax {jax.__version__} {device.platform} {device.device_kind} {jnp.dtype(dtype)} {cores} cores"

@@ -15,8 +15,9 @@ from typing import Any, Callable, TextIO
 from nlm_jax.errors import UserError
 
 log = logging.getLogger(__name__)  # cli.quiet_libraries keeps nlm_jax's loggers
-# The plots are redrawn after an epoch at most this often, and after the last one: with
-# matplotlib they cost ~0.3 s, as much as a tiny model's epoch.
+# The plots are drawn after an epoch once this long has passed since the start or the last
+# drawing, and after the last epoch: with matplotlib they cost ~0.3-1 s, as much as a tiny
+# model's epoch.
 PLOT_EVERY_S = 60.0
 
 # NucAccuracy: per-nucleotide accuracy, comparable across encodings (= Accuracy for conv).
@@ -172,7 +173,7 @@ class EpochReport:
     self.seconds = {"training": 0.0, "evaluation": 0.0}
     self.run_start = self.epoch_start = time.perf_counter()
     self.train_seconds, self.first_step = 0.0, 0
-    self.plotted, self.plotted_at = 0, -float("inf")
+    self.plotted, self.plotted_at = 0, self.run_start
 
   def start_epoch(self, epoch: int, first_step: int) -> None:
     self.epoch_start, self.first_step = time.perf_counter(), first_step

@@ -237,3 +237,31 @@ def test_train_flops_count_parameters_and_attention():
   """PaLM's count at BERT-base conv, batch 8: 6 * 85,709,572 parameters * 6,144 positions
   plus 12 * 12 layers * 768 * 768 positions * 6,144 positions."""
   assert model_lib.train_flops(Config("t", "v"), 85_709_572, 8) == 3_159_597_662_208 + 521_838_526_464
+
+
+@pytest.mark.parametrize("rate, width", [(0.1, 128), (0.5, 7), (0.25, 1)])
+def test_dropout_drops_at_its_rate_and_keeps_the_mean(rate, width):
+  """model.Dropout (two elements per 32-bit draw): the share dropped is the rate within
+  5 standard errors, kept elements are scaled by 1/(1-rate), and the mask depends on the
+  key alone, so a batch split over 8 devices drops the same elements as on one."""
+  x = jnp.ones((64, 33, width), jnp.float32)
+  drop = model_lib.Dropout(rate)
+  y = np.asarray(drop.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(5)}))
+  dropped = np.mean(y == 0)
+  assert abs(dropped - rate) < 5 * np.sqrt(rate * (1 - rate) / y.size), dropped
+  np.testing.assert_allclose(y[y != 0], 1 / (1 - round(rate * 2 ** 16) / 2 ** 16), rtol=1e-6)
+  assert abs(y.mean() - 1) < 5 * np.sqrt(rate / (1 - rate) / y.size)
+  if width > 1:  # neighbours share a 32-bit draw but not a decision
+    pairs = (y[..., 0:width - 1:2] == 0) & (y[..., 1:width:2] == 0)
+    assert abs(pairs.mean() - rate ** 2) < 5 * np.sqrt(rate ** 2 * (1 - rate ** 2) / pairs.size)
+  other = drop.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(6)})
+  assert np.mean(np.asarray(other) != y) > rate / 2
+  np.testing.assert_array_equal(drop.apply({}, x, deterministic=True), x)
+
+  mesh = train.make_mesh()
+  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  sharded = jax.jit(lambda x: drop.apply({}, x, deterministic=False,
+                                         rngs={"dropout": jax.random.key(5)}),
+                    in_shardings=rows, out_shardings=rows)(jax.device_put(x, rows))
+  assert len(sharded.sharding.device_set) == len(jax.devices()) > 1
+  np.testing.assert_array_equal(np.asarray(sharded), y)
