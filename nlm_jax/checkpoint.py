@@ -60,16 +60,11 @@ def _one_replica_saves_on_cpu() -> None:
   """orbax shares the saving of a replicated array among its replicas ("replica-parallel"),
   slicing it on each device. The CPU devices of a process share one memory: the slices
   only cost a small compilation per array and device (0.5 s at a tiny model's first save).
-  There one replica saves each array, as orbax does on GPUs."""
-  global _one_replica
-  if not _one_replica and jax.devices()[0].platform == "cpu":
-    with _without_notice("Type handler registry"):  # "... overriding": as meant
-      ocp.type_handlers.register_type_handler(
-          jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
-    _one_replica = True
-
-
-_one_replica = False  # whether _one_replica_saves_on_cpu registered its handler
+  There one replica saves each array, as orbax does on GPUs. (orbax has no public switch
+  for its registered handler; should the attribute go, saving stays as orbax's default.)"""
+  handler = ocp.type_handlers.get_type_handler(jax.Array)
+  if getattr(handler, "_use_replica_parallel", False) and jax.devices()[0].platform == "cpu":
+    handler._use_replica_parallel = False  # pylint: disable=protected-access
 
 
 def _manager(path: str, read_only: bool = False) -> ocp.CheckpointManager:
@@ -83,18 +78,18 @@ def _manager(path: str, read_only: bool = False) -> ocp.CheckpointManager:
       # best_fn makes orbax store the metrics and answer best_step().
       best_fn=_best_fn, best_mode="max", read_only=read_only, create=not read_only,
       save_interval_steps=0 if read_only else 1)  # read-only: orbax warns unless 0
-  with _without_notice("Given directory is read only"):
+  with _without_read_only_notice():
     return ocp.CheckpointManager(os.path.abspath(path), options=options)
 
 
 @contextlib.contextmanager
-def _without_notice(start: str):
-  """Drops orbax's log lines that start with `start` ("Given directory is read only", which
-  it says whenever a manager opens a folder to read it: news to nobody who loads a model)."""
+def _without_read_only_notice():
+  """Orbax warns "Given directory is read only" whenever a manager opens a folder to read
+  it: news to nobody who loads a model, so that one line is dropped."""
   orbax_logger = logging.getLogger("absl")  # orbax logs through absl.logging
 
   def keep(record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith(start)
+    return not record.getMessage().startswith("Given directory is read only")
 
   orbax_logger.addFilter(keep)
   try:
@@ -338,6 +333,8 @@ class Checkpointer:
       raise
     except Exception as e:
       if self.is_writer:
+        with contextlib.suppress(Exception):  # an earlier save may still be writing its folder
+          self._manager.wait_until_finished()
         for name in os.listdir(self.path):
           if ".orbax-checkpoint-tmp" in name:
             shutil.rmtree(os.path.join(self.path, name), ignore_errors=True)
