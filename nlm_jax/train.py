@@ -135,11 +135,10 @@ def compiler_options(mesh: Mesh, runs_once: bool = False) -> dict[str, Any] | No
   return {"xla_backend_optimization_level": 0 if runs_once else 1}
 
 
-def lower_init(cfg: Config, mesh: Mesh, key: jax.Array,
-               task: tasks_lib.Task | None = None) -> jax.stages.Lowered:
-  """The state's initialisation, traced and lowered: its `out_info` is the state's shape
-  (what the steps compile for), `compile(...)(key)` the state itself, replicated on the
-  mesh; the optimizer is the task's."""
+def init_state(cfg: Config, mesh: Mesh, key: jax.Array,
+               task: tasks_lib.Task | None = None) -> TrainState:
+  """Initialises abstractly first, then materialises the state replicated on the mesh;
+  the optimizer is the task's."""
   model = model_lib.build(cfg)
   tx = (task or tasks_lib.for_config(cfg)).optimizer()
 
@@ -147,13 +146,8 @@ def lower_init(cfg: Config, mesh: Mesh, key: jax.Array,
     params = model.init(key, dummy_inputs(cfg))["params"]
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
-  return jax.jit(init, out_shardings=NamedSharding(mesh, P())).lower(key)  # one sharding for all
-
-
-def init_state(cfg: Config, mesh: Mesh, key: jax.Array,
-               task: tasks_lib.Task | None = None) -> TrainState:
-  """A fresh state, replicated on the mesh (see lower_init)."""
-  return lower_init(cfg, mesh, key, task).compile(compiler_options(mesh, runs_once=True))(key)
+  program = jax.jit(init, out_shardings=NamedSharding(mesh, P()))  # one sharding for all
+  return program.lower(key).compile(compiler_options(mesh, runs_once=True))(key)
 
 
 def with_params_from(state: TrainState, path: str, cfg: Config) -> TrainState:
@@ -401,9 +395,7 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
            allocator.describe(), cfg.exp_name)
   log.info(data.description)
   init_key = jax.random.split(jax.random.key(cfg.seed))[0]  # the first half: as before
-  init = lower_init(cfg, mesh, init_key, task)
-  compiled_steps = _compile(cfg, mesh, task, init.out_info)  # while the state is made
-  state, at = _start(cfg, mesh, task, checkpointer, init, init_key)
+  state, at = _start(cfg, mesh, task, checkpointer, init_key)
   if at.epoch >= cfg.epochs:
     log.info("%s already holds all %d epochs: nothing to do (raise --epochs to go on)",
              cfg.checkpoint_path, cfg.epochs)
@@ -413,7 +405,7 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
   sampler = sampler_lib.TrainSampler(data.train, cfg, encoding, jax.process_index(),
                                      jax.process_count())
   spe = sampler.steps_per_epoch
-  train_step, eval_step, eval_rows = compiled_steps()
+  train_step, eval_step, eval_rows = _compile(cfg, mesh, task, state)
   report = _epoch_report(cfg, task, mesh, state, at.epoch, spe)
   stop_requested = StopRequests()
   stream = prefetch(batch for e in range(at.epoch, cfg.epochs)
@@ -499,12 +491,11 @@ def _open_folders(cfg: Config, identities: dict[str, str]) -> checkpoint_lib.Che
   return checkpointer
 
 
-def _start(cfg: Config, mesh: Mesh, task: tasks_lib.Task, checkpointer: checkpoint_lib.Checkpointer,
-           init: jax.stages.Lowered, key: jax.Array) -> tuple[TrainState, Position]:
-  """The state to train from: the last checkpoint's when resuming, else a fresh one (`init`
-  of `key`, with the parameters of --init_from or --pretrained_model when given); and where
-  it stands."""
-  state, at = init.compile(compiler_options(mesh, runs_once=True))(key), Position()
+def _start(cfg: Config, mesh: Mesh, task: tasks_lib.Task,
+           checkpointer: checkpoint_lib.Checkpointer, key: jax.Array) -> tuple[TrainState, Position]:
+  """The state to train from: the last checkpoint's when resuming, else a fresh one (with
+  the parameters of --init_from or --pretrained_model when given); and where it stands."""
+  state, at = init_state(cfg, mesh, key, task), Position()
   restored = checkpointer.restore_latest(state) if checkpointer.resuming else None
   if restored is not None:
     state, meta = restored
@@ -519,32 +510,24 @@ def _start(cfg: Config, mesh: Mesh, task: tasks_lib.Task, checkpointer: checkpoi
 
 
 def _compile(cfg: Config, mesh: Mesh, task: tasks_lib.Task,
-             state: TrainState) -> Callable[[], tuple[Callable, Callable, int]]:
-  """Starts compiling the train and eval steps for `state` (its shape is enough), each in
-  a thread of its own (XLA compiles without the GIL), and returns at once; the function
-  returned waits for them (from the persistent cache when it holds them) and returns them
-  with the rows of an eval batch: on CPU the training batch (larger ones ran slower a
-  row), elsewhere at least EVAL_ROWS."""
+             state: TrainState) -> tuple[Callable, Callable, int]:
+  """The compiled train and eval steps (from the persistent cache when it holds them) and
+  the rows of an eval batch: on CPU the training batch (larger ones ran slower a row),
+  elsewhere at least EVAL_ROWS."""
   on_cpu = mesh.devices.flat[0].platform == "cpu"
   eval_rows = cfg.batch_size * (1 if on_cpu else -(-EVAL_ROWS // cfg.batch_size))
   empty = lambda rows: to_device(task.encoding.empty_rows(rows // jax.process_count()), mesh)
-  options = compiler_options(mesh)
   t0, hits = time.perf_counter(), _cache_hits[:1]
-  programs = (lambda: make_train_step(cfg, mesh, task).lower(
-                  state, empty(cfg.batch_size), dropout_key(cfg.seed, 0, 0)),
-              lambda: make_eval_step(cfg, mesh, task).lower(state.params, empty(eval_rows)))
-  pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="compile")
-  futures = [pool.submit(lambda p: (p().compile(options), time.perf_counter()), p)
-             for p in programs]
-  pool.shutdown(wait=False)
-
-  def wait() -> tuple[Callable, Callable, int]:
-    (train_step, t_train), (eval_step, t_eval) = (f.result() for f in futures)
-    log.info("train and eval steps compiled in %.1f s%s", max(t_train, t_eval) - t0,
-             " (from the compilation cache)" if _cache_hits[:1] != hits else "")
-    return train_step, eval_step, eval_rows
-
-  return wait
+  lowered = (make_train_step(cfg, mesh, task).lower(state, empty(cfg.batch_size),
+                                                    dropout_key(cfg.seed, 0, 0)),
+             make_eval_step(cfg, mesh, task).lower(state.params, empty(eval_rows)))
+  # XLA compiles without the GIL: both programs at once.
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    train_step, eval_step = pool.map(lambda program: program.compile(compiler_options(mesh)),
+                                     lowered)
+  log.info("train and eval steps compiled in %.1f s%s", time.perf_counter() - t0,
+           " (from the compilation cache)" if _cache_hits[:1] != hits else "")
+  return train_step, eval_step, eval_rows
 
 
 def _epoch_report(cfg: Config, task: tasks_lib.Task, mesh: Mesh, state: TrainState,
