@@ -125,5 +125,6 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
   allocator.preload()  # re-executes this command with mimalloc, before JAX loads
+  cli.exit_without_collecting()
   define_flags()
   cli.run(main, "nlm_jax.classify")

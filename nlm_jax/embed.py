@@ -165,4 +165,5 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   allocator.preload()  # re-executes this command with mimalloc, before JAX loads
+  cli.exit_without_collecting()
   cli.run(main, "nlm_jax.embed")
