@@ -1,11 +1,11 @@
 r"""Throughput benchmark: train step, matmul peak, host sampler and FASTA streaming, side by side.
 
-  .venv/bin/python -m nlm_jax.bench     # every configuration: about 9.5 min on 2 CPU cores
-  .venv/bin/python -m nlm_jax.bench --configs=demo_conv --steps=20 --fasta_gb=0
-  .venv/bin/python -m nlm_jax.bench --configs=e2e,e2e_system,e2e_one_device --fasta_gb=0   # the whole command
+  .venv/bin/python -m nlm_jax.bench     # every configuration
+  .venv/bin/python -m nlm_jax.bench --configs=demo_conv --steps=20
+  .venv/bin/python -m nlm_jax.bench --configs=e2e,e2e_system,e2e_one_device   # the whole command
+  .venv/bin/python -m nlm_jax.bench --configs=fasta --fasta_gb=4   # a 4 GB FASTA file
 
-stdout holds one JSON line per training configuration, then one for FASTA streaming
-(progress goes to stderr), so `... | tee bench.jsonl` keeps a machine-readable record.
+stdout holds one JSON line per configuration (progress goes to stderr), so `... | tee bench.jsonl` keeps a machine-readable record.
 All figures come from one process on one machine: compare lines of one run, not runs.
 
 Configurations (--configs): demo_conv (launch/demo.flags), base_conv (the contract's
@@ -74,16 +74,9 @@ one CPU device per core. Fields:
   train_real_nucleotides_per_s: the last epoch's nucleotides of real sequence per second
     of training (padding excluded); accuracy_valid: the last epoch's Accuracy|valid.
 
-Fields of the FASTA line ("kind": "fasta_stream"), measured in a subprocess that imports
-no JAX, opens a generated FASTA (--fasta_gb, sequences of 500-20,000 nt) with
-nlm_jax.fasta.Fasta and draws TrainSampler batches at the default conv config for
---stream_s seconds:
-  file_bytes, n_sequences, generate_s (0 when a file in --bench_dir was reused),
-  index_s (opening and indexing), stream_s, batches, rows_per_s, distinct_sequences
-  (sequences drawn), index_span (the share of the file between the first and last
-  sequence drawn), max_rss_bytes (peak resident memory of the subprocess, from
-  getrusage), rss_after_index_bytes (the peak right after indexing), rss_baseline_bytes
-  (the peak before opening the file: the interpreter and its imports), jax_loaded.
+The FASTA line ("kind": "fasta", configuration fasta): opening a large FASTA file the
+first time and later, beside pyfastx's index build, sampling from it and the pre-training
+command on it (bench_fasta.py says every field).
 """
 
 from __future__ import annotations
@@ -92,7 +85,6 @@ import dataclasses
 import json
 import os
 import re
-import resource
 import shutil
 import signal
 import statistics
@@ -100,7 +92,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from absl import app
@@ -111,10 +103,8 @@ from nlm_jax import fasta as fasta_lib
 from nlm_jax import sampler as sampler_lib
 from nlm_jax.config import Config
 
-# JAX (and nlm_jax.train, which imports it) is imported inside the measuring functions,
-# so that the FASTA subprocess, which imports this module, holds no JAX in its memory.
-if TYPE_CHECKING:
-  import jax
+# JAX (and nlm_jax.train, which imports it) is imported inside the measuring functions:
+# --help, the e2e command's runs and the FASTA measurements go without it.
 
 DEMO = dict(encoding_method="conv", d_model=64, N=2, h=4, n_kernels=64, kernel_size=9,
             context_length=64, batch_size=16, n_samples_per_epoch=2000, warmup_steps=300,
@@ -136,6 +126,8 @@ E2E_FLAGS = ("--d_model=128", "--N=2", "--n_kernels=128", "--kernel_size=9",
              "--warmup_steps=100", "--seed=0")
 E2E_SPLIT = (2186, 500)
 E2E_CONFIGS = ("e2e", "e2e_system", "e2e_one_device")
+FASTA_CONFIGS = ("fasta",)
+ALL_CONFIGS = (*CONFIGS, *E2E_CONFIGS, *FASTA_CONFIGS)
 # The GENCODE lncRNAs of the shared data folder next to a checkout, when present.
 GENCODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
                        "gencode_human_lncrna.fasta")
@@ -148,18 +140,21 @@ _DEVICES_RE = re.compile(r"(\d+) devices \((\w+)\)")
 DEFAULT_STEPS = {"demo_conv": (3, 20), "base_conv": (1, 2), "base_kmer": (1, 2),
                  "demo_kmer": (3, 20)}
 
-_CONFIGS = flags.DEFINE_list("configs", [*CONFIGS, *E2E_CONFIGS],
-                             f"Configurations to run, of {', '.join([*CONFIGS, *E2E_CONFIGS])}.")
+_CONFIGS = flags.DEFINE_list("configs", list(ALL_CONFIGS),
+                             f"Configurations to run, of {', '.join(ALL_CONFIGS)}.")
 _STEPS = flags.DEFINE_integer("steps", None, "Timed steps per configuration (default: 20 at demo "
                               "size, 2 at BERT-base).", lower_bound=1)
 _WARMUP = flags.DEFINE_integer("warmup", None, "Untimed steps before timing (default: 3 at demo "
                                "size, 1 at BERT-base).", lower_bound=0)
 _PRECISION = flags.DEFINE_enum("precision", "auto", ["auto", "fp32", "bf16"],
                                "The --precision of every configuration.")
-_FASTA_GB = flags.DEFINE_float("fasta_gb", 1.0, "Size of the generated FASTA streamed for the "
-                               "memory figure, in GB (1e9 bytes); 0 skips it.", lower_bound=0.0)
-_STREAM_S = flags.DEFINE_float("stream_s", 10.0, "Seconds of batch drawing from that FASTA.",
-                               lower_bound=0.1)
+_FASTA_GB = flags.DEFINE_float("fasta_gb", 1.0, "Size of the generated FASTA of configuration "
+                               "fasta, in GB (1e9 bytes); 0 skips that configuration.",
+                               lower_bound=0.0)
+_FASTA_GZIP_GB = flags.DEFINE_float("fasta_gzip_gb", 1.0, "Of that file, the GB that configuration "
+                                    "fasta gzips and measures too; 0: none.", lower_bound=0.0)
+_STREAM_S = flags.DEFINE_float("stream_s", 10.0, "Seconds of batch drawing from each FASTA file "
+                               "of configuration fasta.", lower_bound=0.1)
 _SAMPLER_S = flags.DEFINE_float("sampler_s", 1.5, "Seconds of TrainSampler.batch timing per "
                                 "configuration.", lower_bound=0.05)
 _PEAK_N = flags.DEFINE_integer("peak_n", None, "Matmul size of the peak measurement (default: "
@@ -190,115 +185,6 @@ def log(msg: str) -> None:
 def emit(record: dict[str, Any]) -> None:
   """One JSON line on stdout."""
   print(json.dumps(record), flush=True)
-
-
-# ----------------------------------------------------------------------------- FASTA
-
-
-def write_random_fasta(path: str, n_bytes: int, seed: int = 0, min_len: int = 500,
-                       max_len: int = 20_000, line: int = 60) -> int:
-  """A FASTA of at least n_bytes: uniform random ACGT sequences of min_len..max_len nt,
-  wrapped at `line`. Written to path.tmp then renamed; returns the sequence count."""
-  rng = np.random.default_rng(seed)
-  letters = np.frombuffer(b"ACGT", dtype=np.uint8)
-  chunk_N = 1 << 26
-  pool_N = np.empty(0, dtype=np.uint8)
-  used, written, i = 0, 0, 0
-  tmp = path + ".tmp"
-  with open(tmp, "wb", buffering=1 << 24) as f:
-    while written < n_bytes:
-      length = int(rng.integers(min_len, max_len + 1))
-      if used + length > len(pool_N):  # random letters, drawn 64 MiB at a time
-        pool_N = letters[np.frombuffer(rng.bytes(chunk_N), dtype=np.uint8) & 3]
-        used = 0
-      seq_N = pool_N[used:used + length]
-      used += length
-      n_full = length // line
-      rows_RxW = np.empty((n_full, line + 1), dtype=np.uint8)
-      rows_RxW[:, :line] = seq_N[:n_full * line].reshape(n_full, line)
-      rows_RxW[:, line] = ord("\n")
-      header = f">rnd_{i} len={length}\n".encode()
-      tail = seq_N[n_full * line:].tobytes() + (b"\n" if length % line else b"")
-      f.write(header)
-      f.write(rows_RxW.tobytes())
-      f.write(tail)
-      written += len(header) + rows_RxW.size + len(tail)
-      i += 1
-  os.replace(tmp, path)
-  return i
-
-
-def max_rss_bytes() -> int:
-  """This process's peak resident memory (ru_maxrss: KiB on Linux, bytes on macOS)."""
-  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  return rss if sys.platform == "darwin" else rss * 1024
-
-
-def stream_fasta(path: str, seconds: float) -> dict[str, Any]:
-  """Opens `path` and draws TrainSampler batches at the default conv config for `seconds`;
-  run in a fresh process (see fasta_stream_record) so that ru_maxrss is this work's peak."""
-  rss_baseline = max_rss_bytes()
-  t0 = time.perf_counter()
-  fa = fasta_lib.Fasta(path)
-  index_s = time.perf_counter() - t0
-  rss_after_index = max_rss_bytes()
-  cfg = Config(path, path).validate()  # the contract's defaults: conv, 768 positions, batch 8
-  sampler = sampler_lib.TrainSampler(fa, cfg, sampler_lib.encoding_for(cfg))
-  seen_B = np.zeros(len(fa), dtype=bool)
-  n_batches, rows = 0, 0
-  t0 = time.perf_counter()
-  while time.perf_counter() - t0 < seconds:
-    epoch, step = divmod(n_batches, sampler.steps_per_epoch)
-    seen_B[sampler.indices(epoch, step)] = True
-    rows += len(sampler.batch(epoch, step)["inputs"])
-    n_batches += 1
-  elapsed = time.perf_counter() - t0
-  drawn = np.flatnonzero(seen_B)
-  return {"file_bytes": os.path.getsize(path), "n_sequences": len(fa), "index_s": index_s,
-          "stream_s": elapsed, "batches": n_batches, "rows_per_s": rows / elapsed,
-          "distinct_sequences": int(len(drawn)),
-          "index_span": float((drawn[-1] - drawn[0] + 1) / len(fa)),
-          "max_rss_bytes": max_rss_bytes(), "rss_after_index_bytes": rss_after_index,
-          "rss_baseline_bytes": rss_baseline, "jax_loaded": "jax" in sys.modules}
-
-
-# Linux keeps a process's peak RSS across fork and exec: a child of the JAX process starts
-# with JAX's peak in its ru_maxrss. The child therefore forks once more; the grandchild,
-# forked from a fresh interpreter, starts from that interpreter's few MB and does the work.
-_CHILD = """
-import json, os, sys, traceback
-from nlm_jax import bench
-pid = os.fork()
-if pid == 0:
-  code = 0
-  try:
-    print(json.dumps(bench.stream_fasta(sys.argv[1], float(sys.argv[2]))), flush=True)
-  except BaseException:
-    traceback.print_exc()
-    code = 1
-  sys.stderr.flush()
-  os._exit(code)
-sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
-"""
-
-
-def fasta_stream_record(folder: str, gb: float, seconds: float) -> dict[str, Any]:
-  """Generates (or reuses) the FASTA in `folder`, measures streaming in a subprocess."""
-  path = os.path.join(folder, f"stream_{gb:g}GB.fasta")
-  generate_s = 0.0
-  if not os.path.exists(path):
-    log(f"writing a {gb:g} GB random FASTA to {path}")
-    t0 = time.perf_counter()
-    n = write_random_fasta(path, int(gb * 1e9))
-    generate_s = time.perf_counter() - t0
-    log(f"  {n:,} sequences in {generate_s:.1f} s")
-  log(f"streaming it for {seconds:g} s in a subprocess")
-  out = subprocess.run([sys.executable, "-c", _CHILD, path, str(seconds)], capture_output=True,
-                       text=True, check=False)
-  if out.returncode:
-    raise RuntimeError(f"the FASTA streaming subprocess failed:\n{out.stderr[-3000:]}")
-  child = json.loads(out.stdout.strip().splitlines()[-1])
-  return {"kind": "fasta_stream", "config": "default_conv", "generate_s": generate_s, **child}
 
 
 # ----------------------------------------------------------------------------- training
@@ -502,6 +388,39 @@ def child_env(allocator_choice: str) -> dict[str, str]:
   return env
 
 
+def max_rss(usage: Any) -> int:
+  """ru_maxrss in bytes (KiB on Linux, bytes on macOS)."""
+  return usage.ru_maxrss if sys.platform == "darwin" else usage.ru_maxrss * 1024
+
+
+def run_pretrain(cmd: list[str], env: dict[str, str]) -> tuple[str, float, float, Any]:
+  """Runs a pre-training command: (its log, wall seconds, seconds until its log said the
+  training finished, its resource usage from os.wait4); RuntimeError if it failed."""
+  t0 = time.perf_counter()
+  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  lines, finished_s = [], None
+  for line in proc.stderr:
+    lines.append(line)
+    if "training finished in" in line:
+      finished_s = time.perf_counter() - t0
+  _, status, usage = os.wait4(proc.pid, 0)
+  wall = time.perf_counter() - t0
+  log_text = "".join(lines)
+  if os.waitstatus_to_exitcode(status) or finished_s is None:
+    raise RuntimeError(f"the pre-training command failed ({os.waitstatus_to_exitcode(status)}):\n"
+                       f"{log_text[-3000:]}")
+  return log_text, wall, finished_s, usage
+
+
+def pretrain_startup(args: list[str]) -> dict[str, Any]:
+  """`python -m nlm_jax.pretrain ARGS` as a user runs it: seconds from its start to its first
+  training step, and its peak memory."""
+  log_text, _, finished_s, usage = run_pretrain([sys.executable, "-m", "nlm_jax.pretrain", *args],
+                                                child_env("mimalloc"))
+  return {"startup_s": finished_s - float(_FINISHED_RE.search(log_text).group(1)),
+          "max_rss_bytes": max_rss(usage)}
+
+
 def e2e_record(name: str, folder: str, train: str, valid: str, source: str, cache: str,
                cache_state: str, allocator_choice: str, extra: tuple[str, ...] = ()
                ) -> dict[str, Any]:
@@ -513,24 +432,10 @@ def e2e_record(name: str, folder: str, train: str, valid: str, source: str, cach
          f"--model_dir={run_dir}/models", f"--results_dir={run_dir}/results",
          f"--compilation_cache={cache}"]
   load_1m = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-  t0 = time.perf_counter()
-  proc = subprocess.Popen(cmd, env=child_env(allocator_choice), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
-  lines, finished_at = [], None
-  for line in proc.stderr:
-    lines.append(line)
-    if "training finished in" in line:
-      finished_at = time.perf_counter()
-  _, status, usage = os.wait4(proc.pid, 0)
-  wall = time.perf_counter() - t0
-  proc.returncode = os.waitstatus_to_exitcode(status)
-  log_text = "".join(lines)
+  log_text, wall, finished_s, usage = run_pretrain(cmd, child_env(allocator_choice))
   done = _FINISHED_RE.search(log_text)
-  if proc.returncode or not done or finished_at is None:
-    raise RuntimeError(f"the pre-training command failed ({proc.returncode}):\n{log_text[-3000:]}")
   loop_s, train_s, eval_s = (float(x) for x in done.group(1, 2, 3))
   real = [float(x) for x in _REAL_NT_RE.findall(log_text)]
-  rss = usage.ru_maxrss if sys.platform == "darwin" else usage.ru_maxrss * 1024
   return {
       "kind": "e2e", "config": name, "data": source, "n_train": E2E_SPLIT[0],
       "n_valid": E2E_SPLIT[1], "flags": " ".join([*E2E_FLAGS, *extra, *_E2E_FLAGS.value]),
@@ -539,9 +444,9 @@ def e2e_record(name: str, folder: str, train: str, valid: str, source: str, cach
       "compilation_cache": cache_state,
       "compiled_from_cache": "(from the compilation cache)" in log_text,
       "wall_s": wall, "user_s": usage.ru_utime, "sys_s": usage.ru_stime,
-      "minor_faults": usage.ru_minflt, "max_rss_bytes": rss,
-      "startup_s": finished_at - t0 - loop_s, "train_s": train_s, "eval_s": eval_s,
-      "other_s": round(loop_s - train_s - eval_s, 3), "exit_s": wall - (finished_at - t0),
+      "minor_faults": usage.ru_minflt, "max_rss_bytes": max_rss(usage),
+      "startup_s": finished_s - loop_s, "train_s": train_s, "eval_s": eval_s,
+      "other_s": round(loop_s - train_s - eval_s, 3), "exit_s": wall - finished_s,
       "train_real_nucleotides_per_s": real[-1] if real else None,
       "accuracy_valid": float(_ACCURACY_RE.findall(log_text)[-1]), "host_load_1m": load_1m,
   }
@@ -578,11 +483,11 @@ def e2e_records(folder: str, configs: list[str]) -> None:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  unknown = [c for c in _CONFIGS.value if c not in CONFIGS and c not in E2E_CONFIGS]
+  unknown = [c for c in _CONFIGS.value if c not in ALL_CONFIGS]
   if unknown:
     raise app.UsageError(f"unknown --configs {', '.join(unknown)}: choose from "
-                         f"{', '.join([*CONFIGS, *E2E_CONFIGS])}")
-  # A terminated bench still removes its temporary folder (and a 1 GB FASTA in it).
+                         f"{', '.join(ALL_CONFIGS)}")
+  # A terminated bench still removes its temporary folder (and a large FASTA in it).
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
   own_dir = _BENCH_DIR.value is None
   folder = tempfile.mkdtemp(prefix="nlm_bench_") if own_dir else _BENCH_DIR.value
@@ -612,8 +517,12 @@ def main(argv: list[str]) -> None:
           emit({"kind": "train", "config": name, "error": f"skipped: {e}"})
     if any(c in E2E_CONFIGS for c in _CONFIGS.value):
       e2e_records(folder, _CONFIGS.value)
-    if _FASTA_GB.value > 0:
-      emit(fasta_stream_record(folder, _FASTA_GB.value, _STREAM_S.value))
+    if "fasta" in _CONFIGS.value and _FASTA_GB.value > 0:
+      from nlm_jax import bench_fasta
+
+      emit(bench_fasta.record(folder, _FASTA_GB.value, _FASTA_GZIP_GB.value, _STREAM_S.value,
+                              GENCODE if os.path.exists(GENCODE) else None, log,
+                              pretrain_startup))
   finally:
     if own_dir:
       shutil.rmtree(folder, ignore_errors=True)

@@ -21,12 +21,15 @@ from absl import app
 from absl import flags
 
 from nlm_jax import cli
+from nlm_jax import config
+from nlm_jax import filecache
 from nlm_jax.errors import UserError
 
 MAX_SENTENCE = 10_000
 
 _BPE_FILE = flags.DEFINE_string("bpe_file", "", "Output file (default features/VOCAB_SIZE.bpe).")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "Parent directory of FASTA and --bpe_file (empty: as given).")
+_FASTA_INDEX = flags.DEFINE_string("fasta_index", None, config.FASTA_INDEX_HELP)
 
 
 def _texts(path: str, counter: dict[str, int]):
@@ -133,6 +136,7 @@ def main(argv: list[str]) -> None:
     vocab_size = int(argv[2])
   except ValueError:
     fail(f"VOCAB_SIZE must be a whole number, got {argv[2]!r}.")
+  filecache.use_folder(_FASTA_INDEX.value)
   under = lambda p: os.path.join(_DATA_DIR.value, p) if _DATA_DIR.value else p
   out = under(_BPE_FILE.value or os.path.join("features", f"{vocab_size}.bpe"))
   try:

@@ -52,8 +52,12 @@ DATA_FILE = "data.json"  # size and CRC-32 of the FASTA files the run started wi
 BPE_FILE = "tokenizer.bpe"  # a copy of --bpe_file, for BPE encodings
 
 
-def _best_fn(metrics: dict[str, float]) -> float:
-  return metrics[METRIC]
+def _best_fn(metrics: dict[str, float]) -> tuple[float, float]:
+  """The order of checkpoints; orbax keeps (and restores) the last. Of equal metrics the
+  earliest checkpoint comes last, as lncRNA-Py saves only on a strictly greater metric
+  (orbax's sort is stable: it kept the latest). Folders from before the batch was stored
+  in the metrics order by the metric alone."""
+  return metrics[METRIC], -metrics.get("batch", 0)
 
 
 def _one_replica_saves_on_cpu() -> None:
@@ -320,7 +324,7 @@ class Checkpointer:
           params=ocp.args.StandardSave(state.params),
           opt_state=ocp.args.StandardSave(state.opt_state),
           step=ocp.args.StandardSave({"step": state.step}),
-          meta=ocp.args.JsonSave(meta)), metrics={METRIC: metric})
+          meta=ocp.args.JsonSave(meta)), metrics={METRIC: metric, "batch": batch})
 
   @contextlib.contextmanager
   def _reporting_failures(self):

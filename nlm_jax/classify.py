@@ -27,7 +27,9 @@ from absl import flags
 
 from nlm_jax import allocator
 from nlm_jax import cli
+from nlm_jax import config
 from nlm_jax import fasta as fasta_lib
+from nlm_jax import filecache
 from nlm_jax.config import UserError
 
 HEADER = ("id", "P(pcRNA)", "class")
@@ -101,6 +103,7 @@ def main(argv: list[str]) -> None:
                     "python -m nlm_jax.classify MODEL_DIR FASTA OUT.csv")
   start = time.perf_counter()
   f = flags.FLAGS
+  filecache.use_folder(f.fasta_index)
   n = classify_fasta(argv[1], argv[2], argv[3], f.long_sequences, f.batch_size, f.precision,
                      f.overwrite, f.context_length, f.bpe_file)
   print(f"wrote {argv[3]}: {n:,} records classified in {time.perf_counter() - start:.1f} s")
@@ -121,6 +124,7 @@ def define_flags() -> None:
                        lower_bound=2)
   flags.DEFINE_string("bpe_file", "", "The .bpe file of a lncRNA-Py BPE model (nlm_jax's "
                       "folders hold their own).")
+  flags.DEFINE_string("fasta_index", None, config.FASTA_INDEX_HELP)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,9 @@ def train(prog: str, fv: flags.FlagValues, argv: list[str],
   """The main of `pretrain` and `finetune`: flags -> Config -> train.run(cfg), where every
   way the run can stop (bad input, out of memory, SIGTERM, Ctrl-C) ends in one line."""
   with cli.one_line_errors(prog, "--batch_size (or --context_length)"):
+    from nlm_jax import filecache
+
+    filecache.use_folder(fv.fasta_index)
     cfg = to_config(fv, argv[1:])
     from nlm_jax import train as train_lib  # after validation: importing JAX takes seconds
 

@@ -25,6 +25,14 @@ RESUMABLE = ("epochs", "checkpoint_every_steps", "fresh", "remat", "progress")
 MAX_TOKEN_PARAMS = 1_000_000_000  # embedding + output layer: beyond this --k is refused
 
 
+# The --fasta_index flag of every command that reads FASTA files (filecache.py).
+FASTA_INDEX_HELP = (
+    "Folder of the FASTA indexes: the first open of a FASTA file reads it once and keeps its "
+    "index there; later opens (a resume, every host, embed and classify) read only the index. "
+    "Default: $NLM_JAX_FASTA_INDEX, else nlm_jax/fasta in the user's cache folder "
+    "($XDG_CACHE_HOME or ~/.cache); 'none': a temporary folder, for this run only.")
+
+
 def define_flags(fv: flags.FlagValues = flags.FLAGS, task: str = "mlm") -> None:
   """Defines on `fv` every flag of the pre-training contract (pretrain-cli.md), or with
   task "cls" those of lncRNA-Py's fine-tuning script (its `train`), same names and
@@ -157,6 +165,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS, task: str = "mlm") -> None:
       "Folder of JAX's persistent compilation cache: a second run or a resume of the same "
       "configuration skips compiling. Default: $NLM_JAX_COMPILATION_CACHE, else nlm_jax/xla "
       "in the user's cache folder ($XDG_CACHE_HOME or ~/.cache); 'none' turns it off.", **d)
+  flags.DEFINE_string("fasta_index", None, FASTA_INDEX_HELP, **d)
   flags.DEFINE_integer(
       "cpu_devices", 0,
       "On a CPU, split each batch over this many JAX devices (data parallel inside one "

@@ -31,7 +31,9 @@ from absl import flags
 
 from nlm_jax import allocator
 from nlm_jax import cli
+from nlm_jax import config
 from nlm_jax import fasta as fasta_lib
+from nlm_jax import filecache
 from nlm_jax.config import UserError
 
 _POOLING = flags.DEFINE_enum("pooling", "mean", ["mean", "max", "cls"],
@@ -49,6 +51,7 @@ _CONTEXT = flags.DEFINE_integer(
     "for lncRNA-Py's folders, which do not store it).", lower_bound=2)
 _BPE_FILE = flags.DEFINE_string("bpe_file", "", "The .bpe file of a lncRNA-Py BPE model "
                                 "(nlm_jax's folders hold their own).")
+_FASTA_INDEX = flags.DEFINE_string("fasta_index", None, config.FASTA_INDEX_HELP)
 
 
 class NpzStream:
@@ -158,6 +161,7 @@ def main(argv: list[str]) -> None:
     raise UserError(f"expected MODEL_DIR, FASTA and OUT, got {len(argv) - 1} argument(s). Usage: "
                     "python -m nlm_jax.embed MODEL_DIR FASTA OUT.npz [--pooling mean]")
   start = time.perf_counter()
+  filecache.use_folder(_FASTA_INDEX.value)
   n = embed_fasta(argv[1], argv[2], argv[3], _POOLING.value, _LONG.value, _BATCH_SIZE.value,
                   _PRECISION.value, _OVERWRITE.value, _CONTEXT.value, _BPE_FILE.value)
   print(f"wrote {argv[3]}: {n:,} embeddings in {time.perf_counter() - start:.1f} s")

@@ -1,24 +1,45 @@
-"""FASTA access, and sequence normalisation.
+"""FASTA files: what they say, an index kept on disk, and random access to normalised
+sequences.
 
-Every file is first read once by a NumPy reader that defines what a FASTA file says
-(any bytes: each is either read as that reader says or refused with one line). Where
-pyfastx's index reads the file the same way, sequences are then read on demand through
-it, so host memory does not grow with the file; otherwise (gzipped files too: random
-access into them is ~100x slower) they are kept in a compact 1-byte-per-nucleotide cache.
+What a file says is decided by one pass over it (`_Scan`, in blocks of whole records):
+lines end at '\n'; a line that starts with '>' is a header, and the first word of the
+header, read as UTF-8 with other bytes escaped, names the record; every other byte but
+ASCII whitespace is sequence. A UTF-8 BOM is skipped. Any bytes are either read so or
+refused with one line (a NUL byte, sequence before the first header, CR-only line ends,
+a record without sequence).
+
+The pass keeps what later opens need in an index on disk (filecache.py): each record's
+length, name and place in the file, a histogram of the sequence bytes and the identity
+of the content (size and CRC-32, which a resume checks). Later opens map these arrays:
+they take milliseconds whatever the file's size, and memory holds only the pages a run
+touches, never a Python object per record.
+
+Random access: a plain file whose records keep one line width (samtools faidx's layout,
+as nearly every FASTA file does) is read in place through a memory map; a gzipped file,
+or one with ragged lines or spaces inside sequence lines, is decoded once into a file of
+1-byte codes in the index, mapped the same way.
+
 Normalisation: upper case, U -> T, every other letter or symbol -> N.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import gzip
+import logging
 import os
+import re
+import time
 import zlib
-from typing import Iterator
+from typing import IO, Callable, Iterator
 
 import numpy as np
-import pyfastx
 
+from nlm_jax import filecache
 from nlm_jax.errors import UserError
+
+log = logging.getLogger(__name__)
 
 # Nucleotide codes shared by the sampler and the model's one-hot table.
 A, C, G, T, N = 0, 1, 2, 3, 4
@@ -90,134 +111,330 @@ def _is_gzip(path: str) -> bool:
     return f.read(2) == b"\x1f\x8b"
 
 
-_BLOCK = 1 << 22  # bytes the reader takes at a time
+def _open(path: str) -> tuple[IO[bytes], IO[bytes]]:
+  """(the file's content, the file itself: its position tells how much was read)."""
+  raw = open(path, "rb")
+  return (gzip.GzipFile(fileobj=raw) if _is_gzip(path) else raw), raw
+
+
+_BLOCK = 1 << 24  # bytes read at a time; a block is cut after its last whole record
 _BOM = b"\xef\xbb\xbf"
-_SPACE = np.zeros(256, dtype=np.uint8)  # ASCII whitespace: never part of a sequence
-_SPACE[list(b" \t\n\v\f\r")] = 1
-_TARGET = (_CODES < N).astype(np.uint8)  # A, C, G, T, U in either case: what MLM predicts
+_WHITESPACE = b" \t\n\v\f\r"  # never part of a sequence (bytes.split's whitespace)
+_IS_SPACE = np.zeros(256, dtype=bool)
+_IS_SPACE[list(_WHITESPACE)] = True
+_IS_SPACE_BUT_NL = _IS_SPACE.copy()
+_IS_SPACE_BUT_NL[ord("\n")] = False
+_CODE_TABLE = _CODES.tobytes()  # bytes.translate's table: a byte's code
+_TARGET_BYTES = list(b"ACGTUacgtu")  # what masked modelling can predict
+# The histogram of sequence bytes counts the first 64 MiB of the content, every block
+# until one holds a target, and every 16th block after: a sample of the alphabet, which
+# costs a fifth of the pass when taken whole.
+_HISTOGRAM_HEAD, _HISTOGRAM_EVERY = 1 << 26, 16
+_PROGRESS_S = 10.0  # seconds between progress lines of a long pass
+_WORD = re.compile(rb"[ \t\v\f\r]*(\S*)")  # a header's first word, within its line
 
 
-class _Reader:
-  """The reference reading of a FASTA file: one pass in blocks of whole lines.
+@dataclasses.dataclass
+class _Block:
+  """What a block of R whole records says."""
+  base: int  # the block's place in the content
+  lengths: np.ndarray  # (R,) letters of each record
+  seq_starts: np.ndarray  # (R,) where each record's sequence lines start in the block
+  seq_stops: np.ndarray  # (R,) and where they stop (the next header)
+  name_starts: np.ndarray  # (R,) where each name starts in the block
+  name_lengths: np.ndarray  # (R,)
+  # samtools faidx's layout: every line of record r holds widths[r] letters (the last
+  # fewer) and ends in `line_end` bytes.
+  widths: np.ndarray  # (R,)
+  line_end: int  # 1 ('\n') or 2 ('\r\n')
+  regular: bool  # every record in that layout: readable in place
+  histogram: np.ndarray | None  # (256,) the bytes of sequence lines, where sampled
+  codes: bytes | None  # _Scan(codes=True): the records' codes, one after another
 
-  Lines end at '\n'; a line starting with '>' is a header, and the first word of the
-  header, read as UTF-8 with other bytes escaped, names the record; all other bytes but
-  whitespace are sequence (blank lines, '\r' and spaces are dropped). A UTF-8 BOM is
-  skipped; a NUL byte is refused. Iterating yields, per block, (names of the records it
-  opens, letters per record with [0] continuing the record before, letters or None).
 
-  After the pass, `identity` is the size and CRC-32 of the (decompressed) bytes,
-  `targets` the number of A, C, G, T and U (what masked modelling can predict), and
-  `indexable` says whether pyfastx's index reads the file the same way: it does not
-  with blank lines (an empty line right after a header makes its slicing divide by zero:
-  SIGFPE), whitespace inside sequence lines or NUL bytes (it returns other letters),
-  bytes >= 128 or a BOM, or lines ending now in CRLF, now in LF.
+class _Scan:
+  """The one pass over a FASTA file (module docstring), in blocks of whole records.
+
+  Iterating yields (the block, _Block); afterwards `identity` is the size and CRC-32
+  of the (decompressed) content without its BOM. Every array comes from NumPy over the
+  block's bytes, with no Python work per record or line (but for a name after a space:
+  "> name"). codes=True decodes the sequences too.
   """
 
-  def __init__(self, path: str, what: str, letters: bool):
-    self.path, self.what, self.letters = path, what, letters
-    self.indexable, self.identity, self.targets = True, "", 0
-    self._crlf: bool | None = None
-    self._lines = 0
-    self._opened = False  # a header was seen: sequence before it would be no FASTA
+  def __init__(self, path: str, what: str, codes: bool = False):
+    self.path, self.what, self.codes = path, what, codes
+    self.identity = ""
+    self._lines = 0  # lines before the block being read
+    self._sampled = 0  # sequence bytes in the histogram so far
+    self._targets = False  # the histogram holds a target
 
-  def __iter__(self) -> Iterator[tuple[list[str], np.ndarray, np.ndarray | None]]:
-    crc, size, rest = 0, 0, b""
+  def __iter__(self) -> Iterator[tuple[bytes, _Block]]:
     try:
-      with (gzip.open if _is_gzip(self.path) else open)(self.path, "rb") as f:
-        while True:
-          data = f.read(_BLOCK)
-          if size == 0 and data.startswith(_BOM):
-            self.indexable = False
-            data = data[len(_BOM):]
-          crc, size = zlib.crc32(data, crc), size + len(data)
-          block = rest + data
-          cut = len(block) if not data else block.rfind(b"\n") + 1
-          block, rest = block[:cut], block[cut:]
-          if block:
-            yield self._read(block)
-          if not data:
-            break
+      content, raw = _open(self.path)
+      with content, raw:
+        for i, (base, data) in enumerate(self._blocks(content, raw)):
+          yield data, self._parse(data, base, histogram=(
+              self._sampled < _HISTOGRAM_HEAD or not self._targets or i % _HISTOGRAM_EVERY == 0))
     except (OSError, EOFError, zlib.error) as e:
       raise UserError(f"{self.what} FASTA {self.path!r} cannot be read ({e}): check the file.") from None
+
+  def _blocks(self, content: IO[bytes], raw: IO[bytes]) -> Iterator[tuple[int, memoryview]]:
+    """(place in the content, block), each block cut before a '>' that opens a line. The
+    blocks are views of one buffer, read into in place: each is valid until the next."""
+    head = content.read(len(_BOM))
+    place = len(_BOM) if head == _BOM else 0
+    head = head[place:]
+    crc, size = zlib.crc32(head), len(head)
+    buf = bytearray(max(_BLOCK, len(head)))
+    buf[:len(head)] = head
+    kept = len(head)  # bytes of a record that the last block did not end
+    total, start = os.fstat(raw.fileno()).st_size, time.monotonic()
+    next_line = start + _PROGRESS_S
+    while True:
+      if kept == len(buf):  # a record longer than the buffer
+        buf = buf + bytes(len(buf))  # a new buffer: the last block may still be in use
+      view = memoryview(buf)
+      got = content.readinto(view[kept:])
+      if not got:
+        break
+      crc, size = zlib.crc32(view[kept:kept + got], crc), size + got
+      end, cut = kept + got, buf.rfind(b"\n>", max(kept - 1, 0), kept + got)
+      if cut < 0:
+        kept = end
+        continue
+      yield place, view[:cut + 1]
+      place += cut + 1
+      rest = bytes(view[cut + 1:end])
+      buf[:len(rest)], kept = rest, len(rest)
+      if time.monotonic() > next_line:
+        next_line += _PROGRESS_S
+        log.info("indexing %s: %.1f of %.1f GB read in %d s", self.path, raw.tell() / 1e9,
+                 total / 1e9, time.monotonic() - start)
+    if kept:
+      yield place, memoryview(buf)[:kept]
     self.identity = f"{size}:{crc:08x}"
 
-  def _read(self, block: bytes) -> tuple[list[str], np.ndarray, np.ndarray | None]:
-    buf = np.frombuffer(block, np.uint8)
-    if (nul := block.find(b"\0")) >= 0:
-      line = self._lines + block.count(b"\n", 0, nul) + 1
+  def _parse(self, data: memoryview, base: int, histogram: bool) -> _Block:
+    buf = np.frombuffer(data, np.uint8)
+    if buf.min() == 0:
+      text = bytes(data)
+      line = self._lines + text.count(b"\n", 0, text.find(b"\0")) + 1
       raise UserError(f"{self.what} FASTA {self.path!r} holds a NUL byte (line {line}): is it a "
                       "binary or damaged file? Fix or replace it.")
-    ends = np.flatnonzero(buf == 10)  # every line but the file's last ends in '\n'
-    if len(ends) == 0 or ends[-1] != len(buf) - 1:
+    low = np.flatnonzero(buf <= ord(" "))  # whitespace among the other control bytes
+    low_c = buf[low]
+    space = np.append(low[_IS_SPACE[low_c]], len(buf))  # whitespace, then the end
+    inner = low[_IS_SPACE_BUT_NL[low_c]]  # whitespace but line ends
+    ends = low[low_c == ord("\n")]
+    closed = len(ends) > 0 and ends[-1] == len(buf) - 1  # else the file's last line has no '\n'
+    if not closed:
       ends = np.append(ends, len(buf) - 1)
     starts = np.concatenate([[0], ends[:-1] + 1])
-    self._lines += len(starts)
-    is_header = buf[starts] == ord(">")
-    names = [_name(block[a + 1:b + 1]) for a, b in zip(starts[is_header], ends[is_header])]
-    space = _SPACE[buf]
-    space_L = np.add.reduceat(space, starts, dtype=np.int64)
-    letters_L = (ends + 1 - starts) - space_L
-    letters_L[is_header] = 0
-    record_L = np.cumsum(is_header)  # 0: the record the block continues
-    if not self._opened and letters_L[record_L == 0].any():
+    self._lines += len(ends)
+    header = np.flatnonzero(buf[starts] == ord(">"))  # the lines that open records
+    first = int(starts[header[0]]) if len(header) else len(buf)
+    if np.searchsorted(space, first) < first:  # only the file's first block has such lines
       raise UserError(f"{self.what} file {self.path!r} is not FASTA (it does not start with a "
                       "'>' header line): pass a FASTA file.")
-    self._opened |= bool(is_header.any())
-    self._check_indexable(buf, starts, ends, is_header, letters_L, space_L)
-    self.targets += int(np.add.reduceat(_TARGET[buf], starts, dtype=np.int64)[~is_header].sum())
-    counts = np.bincount(record_L, weights=letters_L, minlength=len(names) + 1).astype(np.int64)
-    letters = None
-    if self.letters:
-      keep = np.repeat(~is_header, ends + 1 - starts) & (space == 0)
-      letters = buf[keep]
-    return names, counts, letters
+    # Record r: its header line, then the lines of its sequence up to the next header.
+    seq_start = ends[header] + 1
+    seq_stop = np.append(starts[header[1:]], len(buf))
+    n_lines = np.diff(np.append(header, len(ends))) - 1
+    n_line_ends = n_lines.copy()
+    if not closed and len(header) and n_lines[-1]:
+      n_line_ends[-1] -= 1  # the file's last line
+    n_inner = np.searchsorted(inner, seq_stop) - np.searchsorted(inner, seq_start)
+    lengths = seq_stop - seq_start - n_line_ends - n_inner
+    name_starts, name_lengths = self._names(data, starts[header] + 1, space)
 
-  def _check_indexable(self, buf: np.ndarray, starts: np.ndarray, ends: np.ndarray,
-                       is_header: np.ndarray, letters_L: np.ndarray, space_L: np.ndarray) -> None:
-    closed_L = buf[ends] == 10
-    crlf_L = closed_L & (ends > starts) & (buf[np.maximum(ends - 1, 0)] == 13)
-    endings = set(crlf_L[closed_L].tolist()) | ({self._crlf} - {None})
-    if len(endings) == 1:
-      self._crlf = endings.pop()
-    seq_L = ~is_header
-    inner_space_L = space_L - closed_L - crlf_L  # whitespace before the line's end
-    if (len(endings) > 1 or (letters_L[seq_L] == 0).any() or inner_space_L[seq_L].any()
-        or (buf >= 128).any()):
-      self.indexable = False
+    # samtools faidx's layout: each record's lines hold its first line's letters W (the
+    # last fewer, blank lines after it), every line ends alike, no whitespace inside.
+    line_end = 2 if (low_c == ord("\r")).any() else 1
+    first_of = np.cumsum(n_lines) - n_lines  # each record's first in the sequence lines
+    seq = np.repeat(np.arange(len(header)), n_lines)  # each sequence line's record
+    line = np.arange(len(seq)) + np.repeat(header + 1 - first_of, n_lines)  # its line
+    letters = ends[line] + 1 - starts[line] - line_end
+    if not closed and len(line) and line[-1] == len(ends) - 1:
+      letters[-1] += line_end
+      line = line[:-1]  # the lines with an end, below
+    widths = np.zeros(len(header), np.int64)
+    widths[n_lines > 0] = letters[first_of[n_lines > 0]]
+    width = widths[seq]
+    expected = np.clip(lengths[seq] - (np.arange(len(seq)) - first_of[seq]) * width, 0, width)
+    regular = (np.array_equal(letters, expected)  # and the only whitespace inside: CRs of CRLF
+               and np.array_equal(n_inner, n_line_ends * (line_end - 1))
+               and (line_end == 1 or bool((buf[ends[line] - 1] == ord("\r")).all())))
+    hist = codes = None
+    if histogram or self.codes:
+      is_seq = np.zeros(len(ends), dtype=bool)
+      is_seq[header[0] + 1 if len(header) else len(ends):] = True
+      is_seq[header] = False
+      seq_bytes = buf[np.repeat(is_seq, ends + 1 - starts)]
+      if histogram:
+        hist = _histogram(seq_bytes)
+        self._sampled += len(seq_bytes)
+        self._targets |= bool(hist[_TARGET_BYTES].any())
+      if self.codes:
+        codes = seq_bytes.tobytes().translate(_CODE_TABLE, _WHITESPACE)
+    return _Block(base, lengths, seq_start, seq_stop, name_starts, name_lengths, widths, line_end,
+                  regular, hist, codes)
+
+  @staticmethod
+  def _names(data: memoryview, start: np.ndarray, space: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(start, length) of each name: the first word after each '>' (at start - 1); `space`
+    holds the block's whitespace places, sorted, then its end."""
+    end = space[np.searchsorted(space, start)]
+    for i in np.flatnonzero(end == start):  # "> name": the word after the space
+      word = _WORD.match(data, int(start[i]))
+      start[i], end[i] = word.start(1), word.end(1)
+    return start, end - start
 
 
-def _name(header: bytes) -> str:
-  words = header.split(None, 1)
-  return words[0].decode("utf-8", "backslashreplace") if words else ""
+def _ranges(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """np.concatenate([np.arange(a[i], b[i]) for i ...]), without the Python loop."""
+  n = b - a
+  return np.repeat(a - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
+
+
+def _histogram(x_N: np.ndarray) -> np.ndarray:
+  """Counts of each byte value (256,): np.bincount over byte pairs, half its work."""
+  pairs = np.bincount(x_N[:len(x_N) // 2 * 2].view(np.uint16), minlength=1 << 16).reshape(256, 256)
+  counts = pairs.sum(0) + pairs.sum(1)
+  if len(x_N) % 2:
+    counts[x_N[-1]] += 1
+  return counts
 
 
 def records(path: str, what: str = "the") -> Iterator[tuple[str, str]]:
   """(name, sequence) of every record in file order, read as Fasta reads it; the
-  sequence keeps its letters (one character per byte, latin-1)."""
+  sequence keeps its letters (one character per byte, latin-1). Streams the file: for
+  reading every record once (embed, classify, BPE fitting)."""
   _check_fasta_file(path, what)
-  name, parts = None, []
-  for names, counts, letters in _Reader(path, what, letters=True):
-    pieces = np.split(letters, np.cumsum(counts)[:-1])
-    parts.append(pieces[0])
-    for new, piece in zip(names, pieces[1:]):
-      if name is not None:
-        yield name, np.concatenate(parts).tobytes().decode("latin-1")
-      name, parts = new, [piece]
-  if name is not None:
-    yield name, np.concatenate(parts).tobytes().decode("latin-1")
+  for view, b in _Scan(path, what):
+    data = bytes(view)
+    for i in range(len(b.lengths)):
+      name = data[b.name_starts[i]:b.name_starts[i] + b.name_lengths[i]]
+      yield (name.decode("utf-8", "backslashreplace"),
+             data[b.seq_starts[i]:b.seq_stops[i]].translate(None, _WHITESPACE).decode("latin-1"))
+
+
+# ----------------------------------------------------------------------------- the index
+
+_VERSION = 1  # of the index's files: an index of another version is built anew
+# Every index: the records' lengths, and where each name is (in the file; in names.uint8
+# for a gzipped file). A file read in place adds where each record's sequence starts
+# and its line width; one that is not, its codes and where each record's codes start.
+_ARRAYS = ("lengths.int64", "name_starts.int64", "name_lengths.int32")
+_IN_PLACE = ("offsets.int64", "widths.int64")
+_CODE_FILES = ("codes.uint8", "starts.int64")  # codes.uint8 first: it tells the pair is whole
+_META = {"records": int, "nucleotides": int, "name_bytes": int, "identity": str, "in_place": bool,
+         "line_end": int, "histogram": list, "empty": int, "empty_names": list}
+
+
+def _build(entry: filecache.Entry, path: str, what: str, gzipped: bool, codes: bool) -> dict:
+  """Reads the file once into the entry's files (its codes too if `codes`); returns the
+  meta (_META)."""
+  start = time.monotonic()
+  scan = _Scan(path, what, codes=codes)
+  n = nucleotides = name_bytes = n_empty = 0
+  line_ends, regular = set(), not gzipped
+  histogram = np.zeros(256, np.int64)
+  empty: list[str] = []  # the first three records without sequence, for the error
+  with contextlib.ExitStack() as stack:
+    names = ("names.uint8",) if gzipped else _IN_PLACE  # a gzipped file is never read in place
+    files = {name: stack.enter_context(open(entry.path(name), "wb")) for name in _ARRAYS + names}
+    coder = stack.enter_context(_Coder(entry.path)) if codes else None
+    for data, b in scan:
+      for i in np.flatnonzero(b.lengths == 0)[:3 - len(empty)]:
+        empty.append(bytes(data[b.name_starts[i]:b.name_starts[i] + b.name_lengths[i]]).decode(
+            "utf-8", "backslashreplace"))
+      n_empty += int((b.lengths == 0).sum())
+      arrays = {"lengths.int64": b.lengths, "name_lengths.int32": b.name_lengths.astype(np.int32),
+                "offsets.int64": b.base + b.seq_starts, "widths.int64": b.widths}
+      if gzipped:  # the names, one after another
+        arrays["names.uint8"] = np.frombuffer(data, np.uint8)[
+            _ranges(b.name_starts, b.name_starts + b.name_lengths)]
+        arrays["name_starts.int64"] = name_bytes + np.cumsum(b.name_lengths) - b.name_lengths
+        name_bytes += int(b.name_lengths.sum())
+      else:  # the names in the file
+        arrays["name_starts.int64"] = b.base + b.name_starts
+      for name, f in files.items():
+        f.write(arrays[name].tobytes())
+      if coder:
+        coder.add(b)
+      n += len(b.lengths)
+      nucleotides += int(b.lengths.sum())
+      regular &= b.regular
+      line_ends.add(b.line_end)
+      if b.histogram is not None:
+        histogram += b.histogram
+  in_place = regular and len(line_ends) == 1
+  for name in () if in_place or gzipped else _IN_PLACE:
+    os.remove(entry.path(name))
+  seconds = time.monotonic() - start
+  if seconds > 2:
+    log.info("indexed %s in %.1f s: %d records, %d nt (index in %s)", path, seconds, n, nucleotides,
+             os.path.dirname(entry.folder))
+  return {"records": n, "nucleotides": nucleotides, "name_bytes": name_bytes,
+          "identity": scan.identity, "in_place": in_place, "line_end": min(line_ends, default=1),
+          "histogram": histogram.tolist(), "empty": n_empty, "empty_names": empty}
+
+
+class _Coder:
+  """Writes the codes of a file that is not read in place (codes.uint8) and where each
+  record's codes start (starts.int64): path(name) is where file `name` goes."""
+
+  def __init__(self, path: Callable[[str], str]):
+    self.files = [open(path(name), "wb") for name in _CODE_FILES]
+    self.nucleotides = 0
+
+  def add(self, b: _Block) -> None:
+    codes, starts = self.files
+    codes.write(b.codes)
+    starts.write((self.nucleotides + np.cumsum(b.lengths) - b.lengths).tobytes())
+    self.nucleotides += int(b.lengths.sum())
+
+  def __enter__(self) -> _Coder:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for f in self.files:
+      f.close()
+
+
+def _write_codes(path: str, what: str, tmp: Callable[[str], str]) -> None:
+  """_Coder's files for a file indexed without them."""
+  with _Coder(tmp) as coder:
+    for _, b in _Scan(path, what, codes=True):
+      coder.add(b)
+
+
+def _load(entry: filecache.Entry) -> filecache.Entry:
+  """The entry, if its meta and arrays are whole (else filecache.Damaged)."""
+  meta = entry.meta
+  missing = [k for k, kind in _META.items() if type(meta.get(k)) is not kind]
+  if missing:
+    raise filecache.Damaged(f"meta.json lacks {', '.join(missing)}")
+  n = meta["records"]
+  for name in _ARRAYS + (_IN_PLACE if meta["in_place"] else ()):
+    entry.array(name, n)
+  if meta["name_bytes"]:
+    entry.array("names.uint8", meta["name_bytes"])
+  if entry.has("codes.uint8"):
+    entry.array("codes.uint8", meta["nucleotides"])
+    entry.array("starts.int64", n)
+  return entry
 
 
 class Fasta:
-  """Random access to the normalised sequences of one FASTA file.
+  """Random access to the normalised sequences of one FASTA file, through its index
+  (module docstring): the first open reads the file once, later ones map the index.
 
-  The file is read once by `_Reader`, which checks it and finds out whether pyfastx's
-  index reads it the same way; if so, sequences are read on demand through that index,
-  so host memory does not grow with the file; otherwise (and for gzipped files, where
-  random access is ~100x slower) they are kept in a compact 1-byte-per-nucleotide cache.
-  Not thread-safe and not fork-safe (pyfastx): open one per thread or process.
-  random_access=False reads only names and lengths, for callers that stream the records
-  themselves (`records`). targets=True refuses a file without any A, C, G, T or U.
+  Reads with pread and maps the index read-only: safe to share across threads and forked
+  processes.
+  random_access=False is for callers that stream the records themselves (`records`):
+  then a file that is not read in place is not decoded into codes. targets=True refuses
+  a file without any A, C, G, T or U.
   """
 
   def __init__(self, path: str, what: str = "the", random_access: bool = True,
@@ -225,60 +442,66 @@ class Fasta:
     _check_fasta_file(path, what)
     self.path = path
     gzipped = _is_gzip(path)
-    cache = random_access and gzipped
-    reader = _Reader(path, what, letters=cache)
-    self._names, self.lengths, codes = _collect(reader)
-    self.identity = reader.identity
-    if len(self.lengths) == 0:
+    index = filecache.load_or_build(
+        path, "fasta", _VERSION, lambda e: _build(e, path, what, gzipped, random_access and gzipped),
+        _load)
+    meta = index.meta
+    n = meta["records"]
+    if n == 0:
       raise UserError(f"{what} FASTA {path!r} holds no records: pass a FASTA file with at least one record.")
-    empty = np.flatnonzero(self.lengths == 0)
-    if len(empty):
-      names = ", ".join(self._names[int(i)] for i in empty[:3])
-      raise UserError(f"{what} FASTA {path!r} has {len(empty)} record(s) without sequence ({names}"
-                      f"{', ...' if len(empty) > 3 else ''}): remove them.")
-    if targets and reader.targets == 0:
+    if meta["empty"]:
+      names = ", ".join(meta["empty_names"])
+      raise UserError(f"{what} FASTA {path!r} has {meta['empty']} record(s) without sequence ({names}"
+                      f"{', ...' if meta['empty'] > 3 else ''}): remove them.")
+    # A sample of the sequence bytes (_HISTOGRAM_HEAD): which letters the file holds.
+    self.histogram = np.array(meta["histogram"], dtype=np.int64)
+    if targets and not self.histogram[_TARGET_BYTES].any():
       raise UserError(f"{what} FASTA {path!r} holds no A, C, G, T or U (only N, gaps or other "
                       "symbols): there is nothing to predict. Pass nucleotide sequences.")
-    self._fa = None
-    if random_access and not gzipped and reader.indexable:
-      try:
-        # memory_index: no .fxi file next to the FASTA, so no stale index after the file
-        # changes, and read-only folders work.
-        self._fa = pyfastx.Fasta(path, memory_index=True)
-      except Exception as e:  # pyfastx raises RuntimeError/SystemError with opaque texts.
-        raise UserError(f"{what} FASTA {path!r} cannot be parsed ({e}): check that it is FASTA.") from None
-      if not np.array_equal([len(s) for s in self._fa], self.lengths):  # never seen; be safe
-        self._fa = None
-    if random_access and self._fa is None and codes is None:
-      self._names, self.lengths, codes = _collect(_Reader(path, what, letters=True))
-    self._cache = None if codes is None else _CODES[codes]
-    self._offsets = np.concatenate([[0], np.cumsum(self.lengths)])
+    self.identity = meta["identity"]  # the size and CRC-32 of the content
+    self.lengths = index.array("lengths.int64", n)
+    self._name_starts = index.array("name_starts.int64", n)
+    self._name_lengths = index.array("name_lengths.int32", n)
+    self._in_place = meta["in_place"]
+    # Sequences and names are read with pread, never through a memory map: the pages of a
+    # mapped file that a run touched (and those around them) stay in its resident memory,
+    # which grew to the file's size in 10 s of sampling from a 4 GB file.
+    if gzipped:
+      self._names = open(index.path("names.uint8"), "rb", buffering=0)
+    else:
+      self._names = open(path, "rb", buffering=0)
+    if self._in_place:
+      self._starts, self._widths = (index.array(name, n) for name in _IN_PLACE)
+      self._line_end = meta["line_end"]
+      self._sequences = self._names
+    elif random_access:
+      if not index.has("codes.uint8"):
+        index.add(lambda tmp: _write_codes(path, what, tmp))
+      self._sequences = open(index.path("codes.uint8"), "rb", buffering=0)
+      self._starts = index.array("starts.int64", n)
 
   def __len__(self) -> int:
     return len(self.lengths)
 
+  @property
+  def in_place(self) -> bool:
+    """Whether sequences are read from the file itself (else from decoded codes)."""
+    return self._in_place
+
   def name(self, i: int) -> str:
-    return self._names[i]
+    name = os.pread(self._names.fileno(), int(self._name_lengths[i]), int(self._name_starts[i]))
+    return name.decode("utf-8", "backslashreplace")
 
   def codes(self, i: int, start: int = 0, stop: int | None = None) -> np.ndarray:
     """Codes of sequence i, nucleotides [start, stop)."""
     stop = int(self.lengths[i]) if stop is None else min(stop, int(self.lengths[i]))
-    if self._cache is not None:
-      return self._cache[self._offsets[i] + start:self._offsets[i] + stop]
-    return encode(self._fa[i][start:stop].seq)
-
-
-def _collect(reader: _Reader) -> tuple[list[str], np.ndarray, np.ndarray | None]:
-  """(names, lengths, letters or None) of the whole file."""
-  names: list[str] = []
-  lengths: list[int] = []
-  letters: list[np.ndarray] = []
-  for block_names, counts, block_letters in reader:
-    if lengths:  # the first block opens with a header: nothing to continue there
-      lengths[-1] += int(counts[0])
-    names += block_names
-    lengths += counts[1:].tolist()
-    if block_letters is not None:
-      letters.append(block_letters)
-  codes = np.concatenate(letters) if reader.letters else None
-  return names, np.array(lengths, np.int64), codes
+    if stop <= start:
+      return np.empty(0, np.uint8)
+    first, fd = int(self._starts[i]), self._sequences.fileno()
+    if not self._in_place:
+      return np.frombuffer(os.pread(fd, stop - start, first + start), np.uint8)
+    width = int(self._widths[i])
+    line = width + self._line_end
+    a = first + start // width * line + start % width
+    b = first + (stop - 1) // width * line + (stop - 1) % width + 1
+    return np.frombuffer(os.pread(fd, b - a, a).translate(_CODE_TABLE, b"\r\n"), np.uint8)

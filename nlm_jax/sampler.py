@@ -26,7 +26,7 @@ Batch = dict[str, np.ndarray]
 
 
 def rng_for(domain: str, *key: int) -> np.random.Generator:
-  """The generator of one use of randomness (`domain`: "order", "row", "eval", "dropout")
+  """The generator of one use of randomness (`domain`: "order", "row", "eval", "subset", "dropout")
   at `key`. The domain and the key's length lead the seed: SeedSequence pads a key with
   zeros, so without them (seed, epoch) and (seed, epoch, 0, 0) would be one stream."""
   tag = int.from_bytes(domain.encode(), "little")
@@ -55,11 +55,13 @@ class RowRandom:
 def epoch_order(n_train: int, n_samples: int, rng: np.random.Generator) -> np.ndarray:
   """Indices of one epoch, as lncRNA-Py's RandomSampler draws them (original 4.3).
 
-  Whole permutations of the training set, then the head of one more.
+  Whole permutations of the training set, then the head of one more: `rest` distinct
+  indices in random order, drawn in O(rest) (a whole permutation of RNAcentral's 30 M
+  records took 3 s and 240 MB for an epoch of 10,000).
   """
   reps, rest = divmod(n_samples, n_train)
   parts = [rng.permutation(n_train) for _ in range(reps)]
-  parts.append(rng.permutation(n_train)[:rest])
+  parts.append(rng.choice(n_train, rest, replace=False))
   return np.concatenate(parts)
 
 
@@ -387,3 +389,9 @@ def eval_indices(n: int, n_eval: int, seed: int) -> np.ndarray:
   """The evaluation subset: RandomState(seed).permutation(n)[:n_eval], as lncRNA-Py picks
   its validation subset (all records, in that order, when there are fewer)."""
   return np.random.RandomState(seed).permutation(n)[:n_eval]
+
+
+def train_eval_indices(n: int, n_eval: int, seed: int) -> np.ndarray:
+  """The training evaluation subset: min(n_eval, n) distinct records in random order
+  (lncRNA-Py draws them unseeded), in O(n_eval) whatever the size of the training set."""
+  return rng_for("subset", seed).choice(n, min(n_eval, n), replace=False)

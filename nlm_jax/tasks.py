@@ -65,7 +65,7 @@ class MaskedLM:
         valid_fa, sampler_lib.eval_indices(len(valid_fa), n_valid_eval, cfg.valid_seed),
         self.encoding, seed=cfg.seed + 1)
     train = sampler_lib.eval_set(
-        train_fa, sampler_lib.eval_indices(len(train_fa), n_train_eval, cfg.seed), self.encoding,
+        train_fa, sampler_lib.train_eval_indices(len(train_fa), n_train_eval, cfg.seed), self.encoding,
         seed=cfg.seed + 2)
     _check_targets(valid, "validation", cfg.valid_path)
     _check_targets(train, "training", cfg.train_path)
@@ -162,7 +162,7 @@ class Classification:
     n_subset = min(len(valid), len(train))
     return Data(train, {
         "train": sampler_lib.eval_set(
-            train, sampler_lib.eval_indices(len(train), n_subset, cfg.seed), self.encoding, 0),
+            train, sampler_lib.train_eval_indices(len(train), n_subset, cfg.seed), self.encoding, 0),
         "valid": sampler_lib.eval_set(valid, np.arange(len(valid)), self.encoding, 0)},
         {f"{what} {split}": fa.identity for split, source in (("training", train), ("validation", valid))
          for what, fa in (("pcRNA", source.pc), ("ncRNA", source.nc))},

@@ -14,6 +14,9 @@ import tempfile
 # The commands the tests run share one compilation cache, never the user's (~/.cache).
 os.environ["NLM_JAX_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="nlm_jax_test_xla_cache_")
 atexit.register(shutil.rmtree, os.environ["NLM_JAX_COMPILATION_CACHE"], ignore_errors=True)
+# And one FASTA index folder (nlm_jax/filecache.py), never the user's.
+os.environ["NLM_JAX_FASTA_INDEX"] = tempfile.mkdtemp(prefix="nlm_jax_test_fasta_index_")
+atexit.register(shutil.rmtree, os.environ["NLM_JAX_FASTA_INDEX"], ignore_errors=True)
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 
@@ -113,10 +116,14 @@ def run_command(module, cwd, *args, timeout=300, env=None, fresh=False):
   return COMMANDS.run(module, args, cwd, full_env, timeout)
 
 
-def write_fasta(path, seqs, prefix="seq"):
-  with open(path, "w") as f:
+def write_fasta(path, seqs, prefix="seq", newline="\n", width=None):
+  """Writes records `prefix_i`; `width` wraps sequence lines, `newline` ends every line."""
+  with open(path, "w", newline="") as f:
     for i, s in enumerate(seqs):
-      f.write(f">{prefix}_{i}\n{s}\n")
+      f.write(f">{prefix}_{i}{newline}")
+      step = width or max(len(s), 1)
+      for j in range(0, len(s), step):
+        f.write(s[j:j + step] + newline)
   return str(path)
 
 

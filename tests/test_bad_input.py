@@ -34,7 +34,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import run_command
+from conftest import random_seqs, run_command, write_fasta
 
 PREFIX = "nlm_jax.pretrain: error:"
 BPE_PREFIX = "nlm_jax.bpe: error:"
@@ -46,23 +46,6 @@ COLUMNS = ("Loss|train", "Accuracy|train", "Loss|valid", "Accuracy|valid")
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def random_seqs(n, min_len, max_len, seed):
-  rng = np.random.default_rng(seed)
-  return ["".join(rng.choice(list("ACGT"), int(rng.integers(min_len, max_len + 1))))
-          for _ in range(n)]
-
-
-def write_fasta(path, seqs, prefix="seq", newline="\n", width=None):
-  """Writes records `prefix_i`; `width` wraps sequence lines, `newline` ends every line."""
-  with open(path, "w", newline="") as f:
-    for i, s in enumerate(seqs):
-      f.write(f">{prefix}_{i}{newline}")
-      step = width or max(len(s), 1)
-      for j in range(0, len(s), step):
-        f.write(s[j:j + step] + newline)
-  return str(path)
 
 
 def good_files(tmp_path):

@@ -1,4 +1,5 @@
-"""python -m nlm_jax.bench end to end: the demo configuration and a 10 MB FASTA."""
+"""python -m nlm_jax.bench end to end: the demo configuration, the e2e command and the FASTA
+configuration at tiny sizes."""
 
 import json
 import math
@@ -23,9 +24,10 @@ E2E_KEYS = {
 TINY_E2E = ("--epochs=1,--n_samples_per_epoch=16,--d_model=16,--n_kernels=16,--N=1,--h=2,"
             "--context_length=16,--kernel_size=3,--n_eval=64")
 FASTA_KEYS = {
-    "kind", "config", "generate_s", "file_bytes", "n_sequences", "index_s", "stream_s",
-    "batches", "rows_per_s", "distinct_sequences", "index_span", "max_rss_bytes",
-    "rss_after_index_bytes", "rss_baseline_bytes", "jax_loaded"}
+    "kind", "config", "file_bytes", "generate_s", "small", "n_sequences", "pyfastx_build",
+    "first_open", "later_open", "index_bytes", "first_open_vs_pyfastx_cpu", "sampling",
+    "pretrain", "gzip"}
+OPEN_KEYS = {"wall_s", "cpu_s", "rss_before_bytes", "rss_after_bytes", "max_rss_bytes", "n_sequences"}
 
 
 def numbers(value):
@@ -47,13 +49,13 @@ def test_bench_demo(tmp_path):
   env["JAX_PLATFORMS"] = "cpu"
   out = subprocess.run(
       [sys.executable, "-m", "nlm_jax.bench", "--configs=demo_conv,e2e", "--steps=2", "--warmup=1",
-       "--fasta_gb=0.01", "--stream_s=1", "--sampler_s=0.3", "--peak_n=1024",
+       "--sampler_s=0.3", "--peak_n=1024",
        f"--bench_dir={tmp_path}", f"--e2e_flags={TINY_E2E}"],
       capture_output=True, text=True, env=env, timeout=300, check=False)
   assert out.returncode == 0, out.stderr[-3000:]
   lines = out.stdout.strip().splitlines()
-  assert len(lines) == 4, out.stdout
-  train, cold, warm, stream = (json.loads(line) for line in lines)
+  assert len(lines) == 3, out.stdout
+  train, cold, warm = (json.loads(line) for line in lines)
 
   assert set(train) == TRAIN_KEYS
   assert train["kind"] == "train" and train["config"] == "demo_conv"
@@ -65,15 +67,9 @@ def test_bench_demo(tmp_path):
   if sys.platform == "linux":
     assert train.pop("allocator") == "malloc: mimalloc"
 
-  assert set(stream) == FASTA_KEYS
-  assert stream["kind"] == "fasta_stream" and stream["jax_loaded"] is False
-  assert stream["file_bytes"] >= 0.01e9
-  assert stream["rss_baseline_bytes"] <= stream["max_rss_bytes"] < 1e9
-
   assert train.pop("host_load_1m") >= 0  # 0 on an idle machine
-  for record in (train, stream):
-    for x in numbers(record):
-      assert math.isfinite(x) and x > 0, record
+  for x in numbers(train):
+    assert math.isfinite(x) and x > 0, train
   assert "[bench]" in out.stderr  # progress for people goes to stderr
 
   for record, cache in ((cold, "cold"), (warm, "warm")):
@@ -90,3 +86,33 @@ def test_bench_demo(tmp_path):
     assert record["devices"] == "1 cpu"  # the tiny e2e's steps are too small to split
     if sys.platform == "linux":
       assert record["allocator"] == "malloc: mimalloc"
+
+
+def test_bench_fasta(tmp_path):
+  """The FASTA configuration: a 5 MB generated file and its first 2 MB gzipped, opened,
+  sampled and pre-trained on (bench_fasta.py)."""
+  out = subprocess.run(
+      [sys.executable, "-m", "nlm_jax.bench", "--configs=fasta", "--fasta_gb=0.005",
+       "--fasta_gzip_gb=0.002", "--stream_s=0.2", f"--bench_dir={tmp_path}"],
+      capture_output=True, text=True, timeout=300, check=False,
+      env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
+  assert out.returncode == 0, out.stderr[-3000:]
+  (line,) = out.stdout.strip().splitlines()
+  record = json.loads(line)
+  assert set(record) == FASTA_KEYS and record["kind"] == "fasta"
+  assert record["file_bytes"] >= 0.005e9 and record["n_sequences"] > 10_000
+  for opened in (record["first_open"], record["later_open"], record["gzip"]["first_open"],
+                 record["gzip"]["later_open"]):
+    assert set(opened) == OPEN_KEYS
+    assert opened["rss_before_bytes"] <= opened["max_rss_bytes"]
+  assert record["pyfastx_build"]["n_sequences"] == record["n_sequences"]
+  assert record["index_bytes"] > 28 * record["n_sequences"]  # lengths, places, names: 36 bytes
+  sampling = record["sampling"]
+  assert math.isclose(sampling["big_vs_small"], sampling["big_rows_per_s"] / sampling["small_rows_per_s"])
+  pretrain = record["pretrain"]
+  assert math.isclose(pretrain["startup_big_minus_small_s"],
+                      pretrain["big"]["startup_s"] - pretrain["small"]["startup_s"])
+  assert record["gzip"]["gz_bytes"] < 0.002e9 and record["gzip"]["pretrain"]["startup_s"] > 0
+  for x in numbers(record):
+    assert math.isfinite(x), record
+  assert "pyfastx" in out.stderr  # progress for people goes to stderr

@@ -1,12 +1,17 @@
 import gzip
+import json
 import os
 import stat
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
 from conftest import shared_path, write_fasta
 from nlm_jax import fasta as fasta_lib
+from nlm_jax import filecache
 from nlm_jax.config import UserError
 
 
@@ -36,13 +41,74 @@ def test_gzip_reads_like_plain(tmp_path):
     np.testing.assert_array_equal(gz.codes(i, 1, 50), plain.codes(i, 1, 50))
 
 
-def test_a_changed_file_is_read_anew(tmp_path):
-  """pyfastx reuses a stale .fxi index; we index in memory, so the new content counts."""
+def _no_pass(monkeypatch):
+  """From here on, a pass over a FASTA file fails the test: opens must read the index."""
+  def fail(*args, **kwargs):
+    raise AssertionError("the file was read again")
+  monkeypatch.setattr(fasta_lib, "_Scan", fail)
+
+
+def _same(a, b):
+  assert len(a) == len(b) and a.identity == b.identity
+  np.testing.assert_array_equal(a.lengths, b.lengths)
+  for i in range(len(a)):
+    assert a.name(i) == b.name(i)
+    np.testing.assert_array_equal(a.codes(i), b.codes(i))
+
+
+@pytest.mark.parametrize("kind", ["plain", "ragged", "gzip"])
+def test_a_second_open_reads_the_index(tmp_path, monkeypatch, kind):
+  seqs = ["ACGT" * 30, "GATTACA" * 11, "CCN", "uuuu"]
+  path = write_fasta(tmp_path / "a.fa", seqs, width=7)
+  if kind == "ragged":  # a space inside a line: not readable in place, decoded into codes
+    path = str(tmp_path / "r.fa")
+    with open(path, "w") as f:
+      f.write(">r0 desc\nACG T\nAC\n>r1\nGG\n")
+  if kind == "gzip":
+    with open(path, "rb") as f, gzip.open(tmp_path / "a.fa.gz", "wb") as g:
+      g.write(f.read())
+    path = str(tmp_path / "a.fa.gz")
+  first = fasta_lib.Fasta(path)
+  assert first.in_place == (kind == "plain")
+  _no_pass(monkeypatch)
+  second = fasta_lib.Fasta(path)
+  _same(first, second)
+  assert fasta_lib.Fasta(path, random_access=False).lengths.tolist() == first.lengths.tolist()
+
+
+def test_an_open_of_a_gzipped_file_for_streaming_decodes_no_codes(tmp_path):
+  path = tmp_path / "a.fa.gz"
+  with gzip.open(path, "wb") as g:
+    g.write(b">a\nACGT\n>b\nGGG\n")
+  streamed = fasta_lib.Fasta(str(path), random_access=False)
+  folder = os.path.dirname(streamed._name_starts.filename)
+  assert not os.path.exists(os.path.join(folder, "codes.uint8"))
+  assert fasta_lib.Fasta(str(path)).codes(1).tolist() == [2, 2, 2]  # decoded now, then kept
+  assert os.path.exists(os.path.join(folder, "codes.uint8"))
+
+
+def _entries(root):
+  return sorted(os.listdir(os.path.join(root, "fasta")))
+
+
+@pytest.mark.parametrize("change", ["same size, other bytes", "other size", "touched",
+                                    "other bytes, modification time set back"])
+def test_a_changed_file_is_read_anew(tmp_path, monkeypatch, change):
+  monkeypatch.setenv("NLM_JAX_FASTA_INDEX", str(tmp_path / "index"))
   path = write_fasta(tmp_path / "a.fa", ["AAAA", "CCCC"])
   assert fasta_lib.Fasta(path).codes(1).tolist() == [1, 1, 1, 1]
-  write_fasta(tmp_path / "a.fa", ["GGGGGG", "TTT", "A"])
-  fa = fasta_lib.Fasta(path)
-  assert fa.lengths.tolist() == [6, 3, 1] and fa.codes(1).tolist() == [3, 3, 3]
+  before = os.stat(path)
+  if change == "touched":
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    assert fasta_lib.Fasta(path).codes(1).tolist() == [1, 1, 1, 1]
+  else:
+    write_fasta(tmp_path / "a.fa", ["GGGGGG", "TTT", "A"] if change == "other size" else ["TTTT", "GGGG"])
+    if "set back" in change:
+      os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    fa = fasta_lib.Fasta(path)
+    assert fa.codes(1).tolist() == ([3, 3, 3] if change == "other size" else [2, 2, 2, 2])
+  assert len(_entries(tmp_path / "index")) == 1  # one file, one index
+  assert len(os.listdir(os.path.join(tmp_path / "index", "fasta", _entries(tmp_path / "index")[0]))) == 1
   assert not os.path.exists(path + ".fxi")
 
 
@@ -55,6 +121,94 @@ def test_read_only_folder(tmp_path):
     assert fasta_lib.Fasta(path).codes(0).tolist() == [0, 1, 2, 3]
   finally:
     os.chmod(folder, stat.S_IRWXU)
+
+
+def test_an_index_folder_that_cannot_be_written_is_replaced_for_the_run(tmp_path, monkeypatch,
+                                                                         caplog):
+  blocked = tmp_path / "file"
+  blocked.write_text("a file, no folder")
+  monkeypatch.setenv("NLM_JAX_FASTA_INDEX", str(blocked / "index"))
+  monkeypatch.setattr(filecache, "_temporary", [])
+  path = write_fasta(tmp_path / "a.fa", ["ACGT", "GG"])
+  with caplog.at_level("WARNING"):
+    assert fasta_lib.Fasta(path).codes(1).tolist() == [2, 2]
+  assert "cannot be written" in caplog.text and "NLM_JAX_FASTA_INDEX" in caplog.text
+  assert filecache._temporary and os.path.isdir(filecache._temporary[0])
+
+
+@pytest.mark.parametrize("damage", ["lengths cut short", "meta.json garbage", "meta.json lacks a key",
+                                    "meta.json of another version"])
+def test_a_damaged_index_is_built_again(tmp_path, monkeypatch, caplog, damage):
+  monkeypatch.setenv("NLM_JAX_FASTA_INDEX", str(tmp_path / "index"))
+  seqs = ["ACGTACGT", "GG", "TTA"]
+  path = write_fasta(tmp_path / "a.fa", seqs, width=3)
+  folder = os.path.dirname(fasta_lib.Fasta(path).lengths.filename)
+  meta = os.path.join(folder, "meta.json")
+  if damage == "lengths cut short":
+    with open(os.path.join(folder, "lengths.int64"), "r+b") as f:
+      f.truncate(12)
+  elif damage == "meta.json garbage":
+    with open(meta, "wb") as f:
+      f.write(b"\x00{{ not json")
+  else:
+    with open(meta) as f:
+      content = json.load(f)
+    if damage == "meta.json lacks a key":
+      del content["lengths" if "lengths" in content else "records"]
+    else:
+      content["version"] = -1
+    with open(meta, "w") as f:
+      json.dump(content, f)
+  with caplog.at_level("WARNING"):
+    again = fasta_lib.Fasta(path)
+  assert "does not load" in caplog.text and "building it again" in caplog.text
+  assert [again.name(i) for i in range(3)] == ["seq_0", "seq_1", "seq_2"]
+  assert ["".join("ACGTN"[c] for c in again.codes(i)) for i in range(3)] == seqs
+
+
+def test_a_build_that_loses_the_race_uses_the_winners_entry(tmp_path, monkeypatch):
+  """Two builders of one entry: each writes a folder of its own and renames it into place;
+  the second rename fails, and that builder loads the first one's entry."""
+  monkeypatch.setenv("NLM_JAX_FASTA_INDEX", str(tmp_path / "index"))
+  path = write_fasta(tmp_path / "a.fa", ["ACGT", "GGA"])
+  real_build = fasta_lib._build
+  rival = []
+
+  def build_while_another_finishes(entry, *args):
+    if not rival:  # the other process: starts after us, ends first
+      rival.append(None)
+      rival[0] = fasta_lib.Fasta(path)
+    return real_build(entry, *args)
+
+  monkeypatch.setattr(fasta_lib, "_build", build_while_another_finishes)
+  fa = fasta_lib.Fasta(path)
+  _same(fa, rival[0])
+  folder = os.path.join(tmp_path / "index", "fasta", _entries(tmp_path / "index")[0])
+  assert len(os.listdir(folder)) == 1  # no temporary folder left behind
+
+
+_OPEN = """
+import sys, time
+from nlm_jax import fasta
+while time.time() < float(sys.argv[2]):
+  pass
+fa = fasta.Fasta(sys.argv[1])
+print(len(fa), int(fa.lengths.sum()), fa.identity, fa.name(len(fa) - 1), fa.codes(len(fa) - 1)[:9].tolist())
+"""
+
+
+def test_processes_that_open_a_new_file_at_once_all_succeed(tmp_path):
+  seqs = [s * 40 for s in ["ACGTTGCA", "GATTACA", "CCGGA"]] * 3000
+  path = write_fasta(tmp_path / "big.fa", seqs, width=60)
+  env = dict(os.environ, NLM_JAX_FASTA_INDEX=str(tmp_path / "index"))
+  at = str(time.time() + 3)  # all start the pass together (after their imports)
+  procs = [subprocess.Popen([sys.executable, "-c", _OPEN, path, at], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]
+  outs = [p.communicate(timeout=120) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0, 0], outs
+  assert len({out for out, _ in outs}) == 1, outs
+  folder = os.path.join(tmp_path / "index", "fasta", _entries(tmp_path / "index")[0])
+  assert len(os.listdir(folder)) == 1
 
 
 @pytest.mark.parametrize("content, fragment", [
@@ -138,7 +292,7 @@ def test_fuzzed_files_read_exactly_or_refused(tmp_path, monkeypatch, block):
   if block:
     monkeypatch.setattr(fasta_lib, "_BLOCK", block)
   rng = np.random.default_rng(0 if block is None else 1)
-  paths = {"indexed": 0, "cached": 0}
+  paths = {"in place": 0, "codes": 0}
   for trial in range(60):
     data = fuzz_fasta(rng, odd=trial % 4 != 0)
     if trial % 10 == 9:  # a NUL byte anywhere: refused, never read as something else
@@ -156,7 +310,7 @@ def test_fuzzed_files_read_exactly_or_refused(tmp_path, monkeypatch, block):
       continue
     want = reference_records(data)
     fa = fasta_lib.Fasta(str(path))
-    paths["indexed" if fa._cache is None else "cached"] += 1
+    paths["in place" if fa.in_place else "codes"] += 1
     assert [fa.name(i) for i in range(len(fa))] == [n for n, _ in want]
     assert fa.lengths.tolist() == [len(s) for _, s in want]
     for i, (_, seq) in enumerate(want):
@@ -165,6 +319,7 @@ def test_fuzzed_files_read_exactly_or_refused(tmp_path, monkeypatch, block):
       a, b = sorted(rng.integers(0, len(seq) + 1, 2))
       np.testing.assert_array_equal(fa.codes(i, a, b), codes[a:b])
     assert list(fasta_lib.records(str(path))) == [(n, s.decode("latin-1")) for n, s in want]
+    _same(fa, fasta_lib.Fasta(str(path)))  # through the index
     # Pre-training's data loading: the training sampler and an evaluation set.
     cfg = Config(str(path), str(path), d_model=16, n_kernels=16, kernel_size=3,
                  context_length=8, batch_size=4, n_samples_per_epoch=8).validate()
@@ -172,7 +327,7 @@ def test_fuzzed_files_read_exactly_or_refused(tmp_path, monkeypatch, block):
     batch = next(sampler.TrainSampler(fa, cfg, encoding).epoch(0))
     assert batch["inputs"].shape[0] == 4
     sampler.eval_set(fa, np.arange(len(fa)), encoding, seed=1)
-  assert paths["indexed"] >= 5 and paths["cached"] >= 20, paths
+  assert paths["in place"] >= 5 and paths["codes"] >= 20, paths
 
 
 def test_empty_line_after_a_header_is_read(tmp_path):

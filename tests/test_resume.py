@@ -328,3 +328,19 @@ def test_a_state_on_several_cpu_devices_saves_without_compiling(data, tmp_path, 
   _, params = checkpoint.restore(cfg.checkpoint_path)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params), strict=True):
     np.testing.assert_array_equal(a, b)
+
+
+def test_of_equal_best_metrics_the_first_checkpoint_is_the_best(data, tmp_path):
+  """lncRNA-Py saves a model only when Accuracy|valid is strictly greater than the best so
+  far: of two epochs with the same figure, the first one's model is kept."""
+  cfg = Config(*data, d_model=16, n_kernels=16, N=1, h=2, kernel_size=3, context_length=8,
+               batch_size=8, precision="fp32", model_dir=str(tmp_path / "M"))
+  mesh = train.make_mesh(jax.devices()[:1])
+  saver = checkpoint.Checkpointer(cfg.checkpoint_path, cfg)
+  states = [train.init_state(cfg, mesh, jax.random.key(k)) for k in range(3)]
+  for batch, (state, metric) in enumerate(zip(states, (0.25, 0.5, 0.5)), start=1):
+    saver.save(batch, state, {"epoch": batch - 1, "step": 0, "best": metric, "history": []}, metric)
+  saver.close()
+  _, params = checkpoint.restore(cfg.checkpoint_path)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(states[1].params), strict=True):
+    np.testing.assert_array_equal(a, b)
