@@ -319,7 +319,7 @@ def test_classify_writes_every_record_and_agrees_with_the_model(runs, tmp_path):
   assert [r[2] for r in rows[1:]] == ["pcRNA" if p >= 0.5 else "ncRNA" for p in p_csv]
   model = nlm_jax.load(cls.checkpoint_path, devices=RUN_DEVICES)
   p_api = model.classify(seqs)
-  np.testing.assert_allclose(p_csv, p_api, atol=5e-7)
+  np.testing.assert_allclose(p_csv, p_api, atol=5e-7 + 2e-7)  # 6 decimals; float32 noise of batching
   # Each window alone, as the model's forward pass gives it on full-context inputs; the long
   # sequence is the position-weighted mean of its windows' logits.
   short = seqs[:10]
