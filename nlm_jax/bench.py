@@ -13,6 +13,11 @@ BERT-base defaults: d_model 768, N 12, n_kernels 768, kernel_size 10, context_le
 768, batch_size 8; --remat dots, so that the step holds 5.2 GB rather than 12.5 GB of host
 memory), base_kmer (k-mer k=3 at BERT-base, --remat dots), demo_kmer (k-mer k=3 at demo
 size). Their samplers draw from the synthetic demo data (synthetic.write_demo).
+gencode_conv and gencode_conv_packed: the paper's context (768 positions of kernel 9) with
+a small model (d_model 64, N 2, batch 8) on GENCODE's lncRNAs (the e2e command's training
+file, see below), without and with --packing; with both, a line "kind": "packing" compares
+them (real_fraction of each, and the packed line's real nucleotides/s, sequences/s and
+step time over the unpacked one's).
 
 Fields of a training line ("kind": "train"):
   config, encoding_method, d_model, N, context_length, batch_size, n_params: the model
@@ -41,9 +46,13 @@ Fields of a training line ("kind": "train"):
   peak_flops_per_s: best of 5 timings of a jitted chain of peak_matmul_iters
     peak_matmul_n x peak_matmul_n matmuls in peak_dtype (compute_dtype), measured right
     after this configuration's steps; mfu: achieved_flops_per_s / peak_flops_per_s.
-  sampler_samples_per_s: rows per second of TrainSampler.batch in the main thread (one
-    host core); sampler_vs_train: sampler_samples_per_s / train_samples_per_s, how many
-    times faster one core samples than the step consumes.
+  sampler_samples_per_s: sequences per second of TrainSampler.batch in the main thread
+    (one host core); sampler_vs_train: how many times faster one core samples sequences
+    than the step consumes them.
+  packing: --packing; real_fraction: the share of the timed batches' nucleotide positions
+    that hold real nucleotides (padding and a window's unused part excluded);
+    real_nucleotides_per_s, sequences_per_s: of the timed steps; mfu_real: mfu times
+    real_fraction, the MFU of real work.
   host_load_1m: the host's 1-minute load average when timing began: on a shared machine
     anything near or above the core count means the figures are contended.
   allocator: the malloc of the process ("malloc: mimalloc", see nlm_jax/allocator.py).
@@ -111,11 +120,16 @@ DEMO = dict(encoding_method="conv", d_model=64, N=2, h=4, n_kernels=64, kernel_s
             epochs=20, seed=0)
 BASE = dict(encoding_method="conv", d_model=768, N=12, n_kernels=768, kernel_size=10,
             context_length=768, batch_size=8, remat="dots")
+# The paper's context on GENCODE's lncRNAs (a small model on CPU), without and with packing.
+GENCODE_CONV = dict(encoding_method="conv", d_model=64, N=2, h=4, n_kernels=64, kernel_size=9,
+                    context_length=768, batch_size=8)
 CONFIGS: dict[str, dict[str, Any]] = {
     "demo_conv": DEMO,
     "base_conv": BASE,
     "base_kmer": dict(BASE, encoding_method="kmer", k=3),
     "demo_kmer": dict(DEMO, encoding_method="kmer", k=3),
+    "gencode_conv": GENCODE_CONV,
+    "gencode_conv_packed": dict(GENCODE_CONV, packing=True),
 }
 # (warm-up steps, timed steps) when --warmup / --steps are not given: a BERT-base step
 # takes many seconds on CPU.
@@ -138,7 +152,7 @@ _ALLOCATOR_RE = re.compile(r"(malloc: [^;]+);")
 _ACCURACY_RE = re.compile(r"Accuracy\|valid ([\d.]+)")
 _DEVICES_RE = re.compile(r"(\d+) devices \((\w+)\)")
 DEFAULT_STEPS = {"demo_conv": (3, 20), "base_conv": (1, 2), "base_kmer": (1, 2),
-                 "demo_kmer": (3, 20)}
+                 "demo_kmer": (3, 20), "gencode_conv": (2, 10), "gencode_conv_packed": (2, 10)}
 
 _CONFIGS = flags.DEFINE_list("configs", list(ALL_CONFIGS),
                              f"Configurations to run, of {', '.join(ALL_CONFIGS)}.")
@@ -200,15 +214,16 @@ def compute_dtype(hlo_text: str) -> str:
 
 
 def sampler_rate(sampler: sampler_lib.TrainSampler, seconds: float) -> float:
-  """Rows per second of sampler.batch in this thread, over about `seconds`."""
-  sampler.batch(0, 0)  # the epoch's permutation
-  n_batches, rows = 0, 0
+  """Sequences per second of sampler.batch in this thread, over about `seconds`."""
+  sampler.batch(0, 0)  # the epoch's permutation (and packing plan)
+  epoch, step, sequences = 0, 0, 0
   t0 = time.perf_counter()
   while time.perf_counter() - t0 < seconds:
-    epoch, step = divmod(n_batches, sampler.steps_per_epoch)
-    rows += len(sampler.batch(epoch, step)["inputs"])
-    n_batches += 1
-  return rows / (time.perf_counter() - t0)
+    if step == sampler.steps_in(epoch):
+      epoch, step = epoch + 1, 0
+    sequences += sampler.encoding.n_sequences(sampler.batch(epoch, step))
+    step += 1
+  return sequences / (time.perf_counter() - t0)
 
 
 def nucleotides_per_sample(cfg: Config) -> int:
@@ -297,7 +312,12 @@ def train_record(name: str, cfg: Config, warmup: int, steps: int) -> dict[str, A
   n_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
   log(f"  {n_params:,} parameters, compute dtype {dtype}, compiled in {compile_s:.1f} s"
       + (f", {memory / 1e9:.2f} GB per step" if memory else ""))
-  batches = [train.to_device(sampler.batch(0, i), mesh) for i in range(warmup + steps)]
+  host = [sampler.batch(0, i) for i in range(warmup + steps)]
+  timed = host[warmup:]
+  real_fraction = (sum(sampler.encoding.real_nucleotides(b) for b in timed)
+                   / (len(timed) * cfg.batch_size * nucleotides_per_sample(cfg)))
+  sequences_per_step = sum(sampler.encoding.n_sequences(b) for b in timed) / len(timed)
+  batches = [train.to_device(b, mesh) for b in host]
   jax.block_until_ready(batches)
 
   load_1m = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -349,8 +369,24 @@ def train_record(name: str, cfg: Config, warmup: int, steps: int) -> dict[str, A
       "achieved_flops_per_s": achieved, "peak_flops_per_s": peak,
       "peak_matmul_n": peak_n, "peak_matmul_iters": peak_iters, "peak_dtype": peak_dtype,
       "mfu": achieved / peak, "host_load_1m": load_1m, "allocator": allocator.describe(),
-      "sampler_samples_per_s": sampler_per_s, "sampler_vs_train": sampler_per_s / train_per_s,
+      "sampler_samples_per_s": sampler_per_s,
+      "sampler_vs_train": sampler_per_s / (sequences_per_step / step_s), "packing": cfg.packing, "real_fraction": real_fraction,
+      "real_nucleotides_per_s": real_fraction * train_per_s * nucs,
+      "sequences_per_s": sequences_per_step / step_s, "mfu_real": achieved / peak * real_fraction,
   }
+
+
+def packing_record(plain: dict[str, Any], packed: dict[str, Any]) -> dict[str, Any]:
+  """The two GENCODE lines of one run, compared ("kind": "packing")."""
+  ratio = lambda key: packed[key] / plain[key]
+  record = {"kind": "packing", "config": "gencode_conv", "context_length": plain["context_length"],
+            "real_fraction": plain["real_fraction"], "real_fraction_packed": packed["real_fraction"],
+            "real_nucleotides_per_s_ratio": ratio("real_nucleotides_per_s"),
+            "sequences_per_s_ratio": ratio("sequences_per_s"), "step_s_ratio": ratio("step_s")}
+  log(f"  packing: real nucleotides {plain['real_fraction']:.3f} -> {packed['real_fraction']:.3f} "
+      f"of a row; real nt/s x{record['real_nucleotides_per_s_ratio']:.2f}, sequences/s "
+      f"x{record['sequences_per_s_ratio']:.2f}")
+  return record
 
 
 # ----------------------------------------------------------------------------- the whole command
@@ -502,19 +538,25 @@ def main(argv: list[str]) -> None:
 
         log(f"writing the demo data to {demo}")
         synthetic.write_demo(demo, 3000, 500)
+      lines = {}
       for name in (c for c in _CONFIGS.value if c in CONFIGS):
         warmup, steps = DEFAULT_STEPS[name]
         warmup = warmup if _WARMUP.value is None else _WARMUP.value
         steps = steps if _STEPS.value is None else _STEPS.value
         kw = dict(CONFIGS[name], **({"remat": _REMAT.value} if _REMAT.value else {}))
-        cfg = Config(train_fa, valid_fa, precision=_PRECISION.value, **kw).validate()
+        data = e2e_data(folder)[:2] if name.startswith("gencode") else (train_fa, valid_fa)
+        cfg = Config(*data, precision=_PRECISION.value, **kw).validate()
         log(f"{name}: {cfg.encoding_method}, d_model {cfg.d_model}, N {cfg.N}, context "
-            f"{cfg.context_length}, batch {cfg.batch_size}; {warmup} warm-up + {steps} timed steps")
+            f"{cfg.context_length}, batch {cfg.batch_size}{', packed' if cfg.packing else ''}; "
+            f"{warmup} warm-up + {steps} timed steps")
         try:
-          emit(train_record(name, cfg, warmup, steps))
+          lines[name] = train_record(name, cfg, warmup, steps)
+          emit(lines[name])
         except MemoryError as e:
           log(f"  skipped: {e}")
           emit({"kind": "train", "config": name, "error": f"skipped: {e}"})
+      if "gencode_conv" in lines and "gencode_conv_packed" in lines:
+        emit(packing_record(lines["gencode_conv"], lines["gencode_conv_packed"]))
     if any(c in E2E_CONFIGS for c in _CONFIGS.value):
       e2e_records(folder, _CONFIGS.value)
     if "fasta" in _CONFIGS.value and _FASTA_GB.value > 0:

@@ -91,6 +91,14 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS, task: str = "mlm") -> None:
       "(default <data_dir>/models).", **d)
   if mlm:
     flags.DEFINE_integer("mask_size", 1, "Number of contiguous nucleotides that make up a mask.", **d)
+    flags.DEFINE_boolean(
+        "packing", False,
+        "Packs several sequences into each training row, each with its own CLS, positions and "
+        "masks, attention never crossing from one to another: most positions then hold real "
+        "nucleotides instead of padding (at context 768 on GENCODE's lncRNAs, 0.94 instead "
+        "of 0.20). An epoch still draws n_samples_per_epoch sequences, in fewer steps; the "
+        "learning-rate schedule counts steps. Off by default, as lncRNA-Py (a sequence a row).",
+        **d)
   else:
     flags.DEFINE_boolean("no_weighted_loss", False,
                          "Turns off the weighting of the pcRNA loss by n_ncRNA / n_pcRNA of the "
@@ -212,6 +220,7 @@ class Config:
   results_dir: str = ""
   model_dir: str | None = None
   mask_size: int = 1
+  packing: bool = False
   no_random_reading_frame: bool = False
   input_linear: bool | None = None
   no_input_relu: bool = False
@@ -348,6 +357,8 @@ class Config:
     # the reading frame for conv and k-mers, the rest for conv.
     if self.no_random_reading_frame and self.has_reading_frame:
       name += "--no_rrf"
+    if self.packing:
+      name += "--packed"
     if self.encoding_method == "conv":
       for on, suffix in ((self.input_linear is True, "--in_lin"),
                          (self.no_input_relu, "--no_in_relu"),
@@ -448,6 +459,9 @@ class Config:
     return self
 
   def _validate_cls(self) -> None:
+    if self.packing:
+      raise UserError("--packing packs sequences for pre-training; fine-tuning classifies one "
+                      "sequence a row: drop --packing.")
     if not self.learning_rate > 0:
       raise UserError(f"--learning_rate must be above 0, got {self.learning_rate}.")
     if self.weight_decay < 0:

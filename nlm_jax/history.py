@@ -157,11 +157,11 @@ class EpochReport:
   writing process: results_path set). Keeps the time spent training and evaluating."""
 
   def __init__(self, results_path: str | None, epochs: int, first_epoch: int,
-               steps_per_epoch: int, samples_per_step: int, window: int,
+               samples_per_step: int, window: int,
                figures: tuple[str, ...], progress_columns: tuple[str, ...],
                flops_per_step: float, peak_flops: float, progress: bool):
     self.results_path, self.epochs, self.first_epoch = results_path, epochs, first_epoch
-    self.spe, self.samples_per_step, self.window = steps_per_epoch, samples_per_step, window
+    self.spe, self.samples_per_step, self.window = 0, samples_per_step, window
     self.figures, self.progress_columns = figures, progress_columns
     self.flops_per_step, self.peak_flops = flops_per_step, peak_flops
     self.line = ProgressLine(progress and results_path is not None)
@@ -175,8 +175,9 @@ class EpochReport:
     self.train_seconds, self.first_step = 0.0, 0
     self.plotted, self.plotted_at = 0, self.run_start
 
-  def start_epoch(self, epoch: int, first_step: int) -> None:
-    self.epoch_start, self.first_step = time.perf_counter(), first_step
+  def start_epoch(self, epoch: int, first_step: int, steps: int) -> None:
+    """steps: the epoch's (with --packing they differ from epoch to epoch)."""
+    self.epoch_start, self.first_step, self.spe = time.perf_counter(), first_step, steps
     self.line.start(f"epoch {epoch + 1}/{self.epochs}", first_step, self.spe)
 
   def step(self, step: int, not_ready: Callable[[], int]) -> None:
@@ -191,12 +192,12 @@ class EpochReport:
   def end_epoch(self, epoch: int, rows: list[dict[str, float]], improved: bool,
                 train: dict[str, float], learning_rate: float) -> None:
     """rows: the history, this epoch's last; train: the sums of its steps (loss_sum, count,
-    grad_norm, steps, real_nucleotides); learning_rate: of its last update."""
+    grad_norm, steps, real_nucleotides, sequences); learning_rate: of its last update."""
     self.seconds["training"] += self.train_seconds
     self.seconds["evaluation"] += time.perf_counter() - self.epoch_start - self.train_seconds
     steps_per_s = (self.spe - self.first_step) / self.train_seconds
     throughput = {"steps_per_s": steps_per_s,
-                  "samples_per_s": steps_per_s * self.samples_per_step,
+                  "samples_per_s": train["sequences"] / self.train_seconds,
                   "nucleotides_per_s": steps_per_s * self.samples_per_step * self.window,
                   # what other tools count: padding and a window's unused part excluded
                   "real_nucleotides_per_s": train["real_nucleotides"] / self.train_seconds,

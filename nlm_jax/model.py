@@ -12,6 +12,7 @@ import math
 import os
 from typing import Any, Callable
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -70,38 +71,48 @@ def compute_dtype(cfg: Config) -> jnp.dtype:
   return jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32
 
 
+def segment_mask(segments_BxL: jax.Array) -> jax.Array:
+  """(B, 1, L, L): query q may attend key k where both belong to the same sequence of a
+  packed row (segment ids > 0; padding, 0, attends nothing and is attended by nothing)."""
+  same_BxLxL = segments_BxL[:, :, None] == segments_BxL[:, None, :]
+  return (same_BxLxL & (segments_BxL[:, None, :] > 0))[:, None]
+
+
 def attention(q_BxLxHxE: jax.Array, k_BxLxHxE: jax.Array, v_BxLxHxE: jax.Array,
-              lengths_B: jax.Array, implementation: str) -> jax.Array:
-  """Softmax attention over the first lengths_B keys of each row (padding is at the end).
+              lengths_B: jax.Array | None, implementation: str,
+              segments_BxL: jax.Array | None = None) -> jax.Array:
+  """Softmax attention over the first lengths_B keys of each row (padding is at the end),
+  or, for packed rows (segments_BxL), over the keys of the query's own sequence.
 
   "reference" is the plain formula; "xla" is jax.nn.dot_product_attention's XLA path (it
   materialises the B x H x L x L logits); "cudnn" is cuDNN's fused kernel (flash
-  attention: memory linear in L), falling back to XLA with one log line where it does not
-  apply (no GPU, float32, head width); "auto" is "cudnn" on GPUs, XLA elsewhere.
-  Logits and softmax are float32 in every path.
+  attention: memory linear in L; packed rows pass it the mask), falling back to XLA with
+  one log line where it does not apply (no GPU, float32, head width); "auto" is "cudnn"
+  on GPUs, XLA elsewhere. Logits and softmax are float32 in every path.
   """
+  mask = None if segments_BxL is None else segment_mask(segments_BxL)
   if implementation == "reference":
     scale = 1 / math.sqrt(q_BxLxHxE.shape[-1])
     logits_BxHxLxL = jnp.einsum("bqhe,bkhe->bhqk", q_BxLxHxE, k_BxLxHxE,
                                 preferred_element_type=jnp.float32) * scale
-    keys_BxL = jnp.arange(k_BxLxHxE.shape[1])[None, :] < lengths_B[:, None]
-    logits_BxHxLxL = jnp.where(keys_BxL[:, None, None, :], logits_BxHxLxL, -1e9)
+    if mask is None:
+      mask = (jnp.arange(k_BxLxHxE.shape[1])[None, :] < lengths_B[:, None])[:, None, None, :]
+    logits_BxHxLxL = jnp.where(mask, logits_BxHxLxL, -1e9)
     probs = jax.nn.softmax(logits_BxHxLxL, axis=-1).astype(v_BxLxHxE.dtype)
     return jnp.einsum("bhqk,bkhe->bqhe", probs, v_BxLxHxE)
-  lengths_B = lengths_B.astype(jnp.int32)
+  keys = dict(mask=mask) if mask is not None else dict(key_value_seq_lengths=lengths_B.astype(jnp.int32))
   if implementation in ("auto", "cudnn"):
     reason = _cudnn_refusal(q_BxLxHxE, implementation)
     if reason is None:
       try:  # cuDNN's own checks run while tracing: a refusal here is clean
-        return jax.nn.dot_product_attention(q_BxLxHxE, k_BxLxHxE, v_BxLxHxE,
-                                            key_value_seq_lengths=lengths_B,
+        return jax.nn.dot_product_attention(q_BxLxHxE, k_BxLxHxE, v_BxLxHxE, **keys,
                                             implementation="cudnn")
       except (NotImplementedError, ValueError, RuntimeError) as e:
         reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
     if reason:
       _log_fallback(reason)
-  return jax.nn.dot_product_attention(q_BxLxHxE, k_BxLxHxE, v_BxLxHxE,
-                                      key_value_seq_lengths=lengths_B, implementation="xla")
+  return jax.nn.dot_product_attention(q_BxLxHxE, k_BxLxHxE, v_BxLxHxE, **keys,
+                                      implementation="xla")
 
 
 _FALLBACKS_LOGGED: set[str] = set()
@@ -133,6 +144,19 @@ def sinusoidal(length: int, d: int) -> np.ndarray:
   return pe.astype(np.float32)
 
 
+@flax.struct.dataclass
+class Packed:
+  """What packed rows add to the inputs (sampler.TrainSampler with cfg.packing), per
+  position (B, L): the sequence it belongs to (1, 2, ...; 0 for padding) and its place in
+  that sequence (0 at the sequence's CLS)."""
+  segments: jax.Array
+  positions: jax.Array
+
+  @classmethod
+  def of(cls, batch: dict[str, jax.Array]) -> "Packed | None":
+    return cls(batch["segments"], batch["positions"]) if "segments" in batch else None
+
+
 class EncoderBlock(nn.Module):
   """One pre-LN block. The residual stream stays float32 (as under the original's
   autocast); LayerNorm statistics are float32 too, its output and the matmuls are in the
@@ -141,7 +165,8 @@ class EncoderBlock(nn.Module):
   train: bool = False
 
   @nn.compact
-  def __call__(self, x_BxLxD: jax.Array, lengths_B: jax.Array) -> tuple[jax.Array, None]:
+  def __call__(self, x_BxLxD: jax.Array, lengths_B: jax.Array | None,
+               segments_BxL: jax.Array | None = None) -> tuple[jax.Array, None]:
     cfg = self.cfg
     d, h, dtype = cfg.d_model, cfg.n_heads, compute_dtype(cfg)
     drop = Dropout(cfg.encoder_dropout, deterministic=not self.train)
@@ -150,7 +175,7 @@ class EncoderBlock(nn.Module):
                for n in "qkv")
     # The padding mask concerns keys only. No dropout on attention probabilities (the
     # original has 0.1 there): fused attention kernels have none.
-    y_BxLxHxE = attention(q, k, v, lengths_B, cfg.attention)
+    y_BxLxHxE = attention(q, k, v, lengths_B, cfg.attention, segments_BxL)
     y = torch_dense(d, d, dtype, name="o")(y_BxLxHxE.reshape(y.shape))
     x_BxLxD = x_BxLxD + drop(y).astype(jnp.float32)
     y = nn.LayerNorm(epsilon=1e-5, dtype=dtype)(x_BxLxD)
@@ -176,18 +201,23 @@ class Encoder(nn.Module):
   cfg: Config
 
   @nn.compact
-  def __call__(self, x_BxLxD: jax.Array, lengths_B: jax.Array, train: bool) -> jax.Array:
-    """lengths_B: positions (CLS included) that keys may come from; padding follows."""
+  def __call__(self, x_BxLxD: jax.Array, lengths_B: jax.Array | None, train: bool,
+               packed: Packed | None = None) -> jax.Array:
+    """lengths_B: positions (CLS included) that keys may come from; padding follows. A
+    packed row's positions restart at each of its sequences, and attention stays within
+    one (`packed`, lengths_B unused)."""
     cfg = self.cfg
-    pe_LxD = sinusoidal(x_BxLxD.shape[1], cfg.d_model)
+    pe = sinusoidal(x_BxLxD.shape[1], cfg.d_model)
+    pe_LxD = pe if packed is None else jnp.asarray(pe)[packed.positions]  # (B, L, D) then
     x_BxLxD = (x_BxLxD.astype(jnp.float32) * math.sqrt(cfg.d_model) + pe_LxD)
     x_BxLxD = Dropout(cfg.encoder_dropout, deterministic=not train)(x_BxLxD)
     block = EncoderBlock
     if cfg.remat != "none":
       block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
     blocks = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                     in_axes=nn.broadcast, length=cfg.N)
-    x_BxLxD, _ = blocks(cfg, train, name="blocks")(x_BxLxD, lengths_B)
+                     in_axes=(nn.broadcast, nn.broadcast), length=cfg.N)
+    segments_BxL = None if packed is None else packed.segments
+    x_BxLxD, _ = blocks(cfg, train, name="blocks")(x_BxLxD, lengths_B, segments_BxL)
     return nn.LayerNorm(epsilon=1e-5, dtype=compute_dtype(cfg), name="final_norm")(x_BxLxD)
 
 
@@ -244,7 +274,10 @@ class ConvStem(nn.Module):
   cfg: Config
 
   @nn.compact
-  def __call__(self, codes_BxN: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, codes_BxN: jax.Array, packed: Packed | None = None
+               ) -> tuple[jax.Array, jax.Array]:
+    """A packed row's later sequences each start at a window slot of padding: the CLS
+    vector takes its place (positions 0)."""
     cfg = self.cfg
     ks, nk, d, dtype = cfg.kernel_size, cfg.n_kernels, cfg.d_model, compute_dtype(cfg)
     b, n = codes_BxN.shape
@@ -262,6 +295,8 @@ class ConvStem(nn.Module):
       x_BxL1xD = torch_dense(d, nk, dtype, name="input_linear")(x_BxL1xK)
     cls = self.param("cls", uniform(math.sqrt(3 / d)), (1, 1, d)).astype(dtype)
     x_BxLxD = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, d)), x_BxL1xD], axis=1)
+    if packed is not None:
+      x_BxLxD = jnp.where((packed.positions == 0)[..., None], cls, x_BxLxD)
     # CLS and every window holding a nucleotide attend; a partial last window too
     # (the original masks it, so sequences shorter than a kernel saw only CLS).
     n_real_B = jnp.sum(codes_BxN != PAD_CODE, axis=1)
@@ -302,13 +337,15 @@ class ConvBERT(nn.Module):
     self.encoder = Encoder(self.cfg)
     self.head = ConvHead(self.cfg)
 
-  def embed(self, codes_BxN: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+  def embed(self, codes_BxN: jax.Array, train: bool = False, packed: Packed | None = None
+            ) -> tuple[jax.Array, jax.Array]:
     """Encoder output (B, L, D) and the attended length of each row (B,)."""
-    x_BxLxD, lengths_B = self.stem(codes_BxN)
-    return self.encoder(x_BxLxD, lengths_B, train), lengths_B
+    x_BxLxD, lengths_B = self.stem(codes_BxN, packed)
+    return self.encoder(x_BxLxD, lengths_B, train, packed), lengths_B
 
-  def __call__(self, codes_BxN: jax.Array, train: bool = False) -> jax.Array:
-    y_BxLxD, _ = self.embed(codes_BxN, train)
+  def __call__(self, codes_BxN: jax.Array, train: bool = False,
+               packed: Packed | None = None) -> jax.Array:
+    y_BxLxD, _ = self.embed(codes_BxN, train, packed)
     return self.head(y_BxLxD, train)
 
 
@@ -325,14 +362,16 @@ class TokenBERT(nn.Module):
     self.head_dropout = Dropout(cfg.dropout)
     self.mlm = torch_dense(cfg.vocab_size, cfg.d_model, dtype, glorot=False)
 
-  def embed(self, ids_BxL: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+  def embed(self, ids_BxL: jax.Array, train: bool = False, packed: Packed | None = None
+            ) -> tuple[jax.Array, jax.Array]:
     """Encoder output (B, L, D) and the attended length of each row (B,): the tokens
     before the first PAD (tokenizers put padding at the end only)."""
     lengths_B = jnp.sum(ids_BxL != PAD_ID, axis=1)
-    return self.encoder(self.embedding(ids_BxL), lengths_B, train), lengths_B
+    return self.encoder(self.embedding(ids_BxL), lengths_B, train, packed), lengths_B
 
-  def __call__(self, ids_BxL: jax.Array, train: bool = False) -> jax.Array:
-    y_BxLxD, _ = self.embed(ids_BxL, train)
+  def __call__(self, ids_BxL: jax.Array, train: bool = False,
+               packed: Packed | None = None) -> jax.Array:
+    y_BxLxD, _ = self.embed(ids_BxL, train, packed)
     y_BxLxD = self.head_dropout(y_BxLxD, deterministic=not train)
     return self.mlm(y_BxLxD)
 
@@ -380,7 +419,9 @@ class Classifier(nn.Module):
     x_BxLxD, lengths_B = self.stem(inputs)
     return self.encoder(x_BxLxD, lengths_B, train), lengths_B
 
-  def __call__(self, inputs: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, inputs: jax.Array, train: bool = False,
+               packed: Packed | None = None) -> jax.Array:
+    del packed  # classification rows hold one sequence each (Config.validate)
     y_BxLxD, lengths_B = self.embed(inputs, train)
     return self.head(y_BxLxD, inputs, lengths_B, train)
 

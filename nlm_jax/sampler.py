@@ -190,10 +190,25 @@ class ConvEncoding:
   """Windows of (context_length-1)*kernel_size nucleotides, masked in spans."""
 
   token_nucs = None  # a position is one nucleotide
+  cls_in_inputs = False  # the model puts CLS in front of the windows' positions
 
   def __init__(self, cfg: Config):
     self.cfg = cfg
     self.window, self.unit = cfg.n_nucleotides, cfg.kernel_size
+    self.inputs_per_position = cfg.kernel_size
+
+  def costs(self, fa: Source, indices: np.ndarray) -> np.ndarray:
+    """Positions each sequence's row fills at most (CLS included): what packing plans with."""
+    return 1 + -(-np.minimum(fa.lengths[indices], self.window) // self.unit)
+
+  def positions(self, codes_BxN: np.ndarray) -> np.ndarray:
+    """Positions each row fills (CLS included): the model's attended length."""
+    return 1 + -(-np.count_nonzero(codes_BxN != fasta_lib.PAD, axis=1) // self.unit)
+
+  def n_sequences(self, batch: Batch) -> int:
+    if "segments" in batch:
+      return int(batch["segments"].max(axis=1).sum())
+    return int(np.any(batch["inputs"] != fasta_lib.PAD, axis=1).sum())
 
   def read(self, fa: Source, indices: np.ndarray, rng: np.random.Generator | RowRandom | None,
            random_frame: bool) -> np.ndarray:
@@ -209,15 +224,20 @@ class ConvEncoding:
     """Nucleotides of real sequence in the batch: every position but padding."""
     return int(np.count_nonzero(batch["inputs"] != fasta_lib.PAD))
 
-  def empty_rows(self, n_rows: int) -> Batch:
-    """Rows of padding without targets: they fill a short last batch."""
-    return {"inputs": np.full((n_rows, self.window), fasta_lib.PAD, dtype=np.uint8),
-            "targets": np.full((n_rows, self.window), IGNORE, dtype=np.int8)}
+  def empty_rows(self, n_rows: int, packed: bool = False) -> Batch:
+    """Rows of padding without targets: they fill a short last batch (packed: with the
+    segment and position arrays of packed rows, all 0)."""
+    return _with_segments({"inputs": np.full((n_rows, self.window), fasta_lib.PAD, dtype=np.uint8),
+                           "targets": np.full((n_rows, self.window), IGNORE, dtype=np.int8)},
+                          packed, self.cfg.context_length)
 
 
 class TokenEncoding:
   """Windows tokenized when sampled (BPE keeps a bounded cache: BpeTokenizer.ids), then
   masked."""
+
+  cls_in_inputs = True  # a row starts with the CLS token
+  inputs_per_position = 1
 
   def __init__(self, cfg: Config, tokenizer: encodings.KmerTokenizer | encodings.BpeTokenizer):
     self.cfg, self.tokenizer = cfg, tokenizer
@@ -239,17 +259,39 @@ class TokenEncoding:
     del labels_B
     return mask_tokens(ids_BxL, rng, self.cfg, self.is_nucleotides_V)
 
+  def costs(self, fa: Source, indices: np.ndarray) -> np.ndarray:
+    """Positions each sequence's row fills at most: CLS, its tokens, SEP (BPE tokenizes the
+    sequences: BpeTokenizer.ids keeps them for the reads that follow)."""
+    tokenizer = self.tokenizer
+    if isinstance(tokenizer, encodings.BpeTokenizer):
+      n = np.array([len(x) for x in tokenizer.ids([fa.codes(int(i)) for i in indices])])
+    else:
+      n = np.minimum(fa.lengths[indices], self.window) // tokenizer.k
+    return np.minimum(n + 2, self.cfg.context_length)
+
+  def positions(self, ids_BxL: np.ndarray) -> np.ndarray:
+    return np.count_nonzero(ids_BxL != encodings.PAD, axis=1)
+
+  def n_sequences(self, batch: Batch) -> int:
+    if "segments" in batch:
+      return int(batch["segments"].max(axis=1).sum())
+    ids = batch["inputs"]
+    return int(np.any((ids != encodings.PAD) & (ids != encodings.CLS) & (ids != encodings.SEP),
+                      axis=1).sum())
+
   def real_nucleotides(self, batch: Batch) -> int:
     """Nucleotides of real sequence in the batch: those of its tokens as they were before
     masking (targets hold the selected ones), special tokens and UNK counting 0."""
     ids_BxL = np.where(batch["targets"] != IGNORE, batch["targets"], batch["inputs"])
     return int(self.lengths_V[ids_BxL].sum())
 
-  def empty_rows(self, n_rows: int) -> Batch:
-    """CLS then PAD, without targets (CLS keeps one key to attend to)."""
+  def empty_rows(self, n_rows: int, packed: bool = False) -> Batch:
+    """CLS then PAD, without targets (CLS keeps one key to attend to); packed rows hold
+    only PAD (and segment 0)."""
     inputs = np.full((n_rows, self.cfg.context_length), encodings.PAD, dtype=np.int32)
-    inputs[:, 0] = encodings.CLS
-    return {"inputs": inputs, "targets": np.full_like(inputs, IGNORE)}
+    inputs[:, 0] = encodings.PAD if packed else encodings.CLS
+    return _with_segments({"inputs": inputs, "targets": np.full_like(inputs, IGNORE)}, packed,
+                          self.cfg.context_length)
 
 
 class LabelEncoding:
@@ -275,12 +317,43 @@ class LabelEncoding:
     inputs = batch["inputs"]
     return self.base.real_nucleotides({"inputs": inputs, "targets": np.full(inputs.shape, IGNORE)})
 
-  def empty_rows(self, n_rows: int) -> Batch:
+  def empty_rows(self, n_rows: int, packed: bool = False) -> Batch:
+    del packed  # classification is never packed (Config.validate)
     return {"inputs": self.base.empty_rows(n_rows)["inputs"],
             "labels": np.full(n_rows, -1, dtype=np.int8)}
 
+  def n_sequences(self, batch: Batch) -> int:
+    return int(np.count_nonzero(batch["labels"] >= 0))
+
 
 Encoding = ConvEncoding | TokenEncoding | LabelEncoding
+
+
+def _with_segments(batch: Batch, packed: bool, context_length: int) -> Batch:
+  """Packed rows' per-position arrays (B, context_length), all 0 (padding): `segments`, the
+  row's sequence of each position (1, 2, ...), `positions`, its place in that sequence
+  (0 at its CLS)."""
+  if packed:
+    zeros = np.zeros((len(batch["inputs"]), context_length), dtype=np.int32)
+    batch.update(segments=zeros, positions=zeros.copy())
+  return batch
+
+
+def first_fit(costs: np.ndarray, rows: int, capacity: int) -> tuple[np.ndarray, np.ndarray]:
+  """Packs items in order into steps of `rows` rows of `capacity`: each goes into the first
+  row of the current step with room for it; one that fits in none opens the next step.
+  Returns the steps' bounds in the items (steps + 1,) and each item's row."""
+  bounds, row_of = [0], np.zeros(len(costs), dtype=np.int64)
+  free = np.full(rows, capacity)
+  for i, cost in enumerate(costs.tolist()):
+    row = int(np.argmax(free >= cost))
+    if free[row] < cost:
+      bounds.append(i)
+      free[:], row = capacity, 0
+    free[row] -= cost
+    row_of[i] = row
+  bounds.append(len(costs))
+  return np.array(bounds), row_of
 
 
 def encoding_for(cfg: Config) -> Encoding:
@@ -324,7 +397,9 @@ def concat(batches: list[Batch]) -> Batch:
 
 @dataclasses.dataclass
 class TrainSampler:
-  """Yields this host's share of every training batch of an epoch."""
+  """Yields this host's share of every training batch of an epoch. With cfg.packing each
+  row holds as many of the epoch's sequences as fit (first_fit, planned once per epoch
+  from the sequences' costs): an epoch takes fewer steps, how many depends on the draw."""
 
   fa: Source
   cfg: Config
@@ -332,26 +407,53 @@ class TrainSampler:
   process_index: int = 0
   process_count: int = 1
   _order: tuple[int, np.ndarray] | None = dataclasses.field(default=None, repr=False)
+  _plan: tuple[int, np.ndarray, np.ndarray] | None = dataclasses.field(default=None, repr=False)
 
   @property
   def steps_per_epoch(self) -> int:
+    """The steps of every epoch without packing."""
     return -(-self.cfg.n_samples_per_epoch // self.cfg.batch_size)
+
+  def steps_in(self, epoch: int) -> int:
+    return len(self._packing(epoch)[0]) - 1 if self.cfg.packing else self.steps_per_epoch
+
+  def order(self, epoch: int) -> np.ndarray:
+    """The sequences of `epoch`, in the order they are trained on (one draw per epoch)."""
+    cached = self._order  # one read: the training loop asks while the prefetch thread samples
+    if cached is None or cached[0] != epoch:
+      cached = (epoch, epoch_order(len(self.fa), self.cfg.n_samples_per_epoch,
+                                   rng_for("order", self.cfg.seed, epoch)))
+      self._order = cached
+    return cached[1]
+
+  def _packing(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bounds of the steps in the epoch's order, the global row of each sequence)."""
+    cached = self._plan
+    if cached is None or cached[0] != epoch:
+      costs = self.encoding.costs(self.fa, self.order(epoch))
+      cached = (epoch, *first_fit(costs, self.cfg.batch_size, self.cfg.context_length))
+      self._plan = cached
+    return cached[1:]
 
   def indices(self, epoch: int, step: int) -> np.ndarray:
     """This host's sequence indices of batch `step` (0-based) of `epoch` (0-based)."""
     cfg = self.cfg
-    if self._order is None or self._order[0] != epoch:  # one permutation per epoch, not per step
-      order = epoch_order(len(self.fa), cfg.n_samples_per_epoch, rng_for("order", cfg.seed, epoch))
-      self._order = (epoch, order)
     local = cfg.batch_size // self.process_count
+    if cfg.packing:
+      bounds, rows = self._packing(epoch)
+      mine = slice(bounds[step], bounds[step + 1])
+      here = (rows[mine] // local) == self.process_index
+      return self.order(epoch)[mine][here]
     first = step * cfg.batch_size + self.process_index * local
-    return self._order[1][first:first + local]
+    return self.order(epoch)[first:first + local]
 
   def batch(self, epoch: int, step: int) -> Batch:
     """This host's rows of batch `step` of `epoch`: a short last batch is filled with
     rows without targets, so every batch has the same shape. Each row draws from its own
     generator, keyed by its row of the global batch: the global batch is the same however
     many hosts share it."""
+    if self.cfg.packing:
+      return self._packed_batch(epoch, step)
     cfg = self.cfg
     enc = self.encoding
     indices = self.indices(epoch, step)
@@ -365,8 +467,37 @@ class TrainSampler:
       batch = concat([batch, enc.empty_rows(local - len(indices))])
     return batch
 
+  def _packed_batch(self, epoch: int, step: int) -> Batch:
+    """Packed rows: each sequence's window and masks are drawn as for a row of its own
+    (the cropping rule, int(p_mlm / mask_size * n) spans over its n nucleotides), from
+    the generator of its (row, place in the row); then its positions follow the row's
+    last: CLS, windows or tokens, each position tagged with the sequence (`segments`)
+    and its place in it (`positions`)."""
+    cfg, enc = self.cfg, self.encoding
+    bounds, rows = self._packing(epoch)
+    mine = slice(bounds[step], bounds[step + 1])
+    order = self.order(epoch)[mine]
+    local = cfg.batch_size // self.process_count
+    first = self.process_index * local
+    batch = enc.empty_rows(local, packed=True)
+    per = enc.inputs_per_position
+    skip = 0 if enc.cls_in_inputs else 1  # conv: the model adds each CLS before its windows
+    for row in range(local):
+      place = 0
+      for j, i in enumerate(order[rows[mine] == first + row]):
+        rng = RowRandom([rng_for("row", cfg.seed, epoch, step, first + row, j)])
+        inputs = enc.read(self.fa, np.array([i]), rng, not cfg.no_random_reading_frame)
+        n = int(enc.positions(inputs)[0])
+        seq = enc.batch(inputs[:, :(n - skip) * per], rng)
+        at = slice(place * per, (place + n - skip) * per)
+        batch["inputs"][row, at], batch["targets"][row, at] = seq["inputs"][0], seq["targets"][0]
+        batch["segments"][row, place:place + n] = j + 1
+        batch["positions"][row, place:place + n] = np.arange(n)
+        place += n
+    return batch
+
   def epoch(self, epoch: int, first_step: int = 0) -> Iterator[Batch]:
-    for step in range(first_step, self.steps_per_epoch):
+    for step in range(first_step, self.steps_in(epoch)):
       yield self.batch(epoch, step)
 
 

@@ -180,7 +180,7 @@ def make_train_step(cfg: Config, mesh: Mesh, task: tasks_lib.Task | None = None)
   def step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array):
     def loss_fn(params):
       outputs = model.apply({"params": params}, batch["inputs"], train=True,
-                            rngs={"dropout": key})
+                            packed=model_lib.Packed.of(batch), rngs={"dropout": key})
       return task.loss(outputs, batch, train=True)
 
     (objective, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -364,15 +364,17 @@ def _keep_earlier_results(cfg: Config) -> None:
 
 @dataclasses.dataclass
 class Position:
-  """Where a run stands: the history (one row per epoch done), the best figure so far, and
-  the next step to train (epoch, step), as a checkpoint's metadata keeps them."""
+  """Where a run stands: the history (one row per epoch done), the best figure so far, the
+  next step to train (epoch, step) and the batches done before it (the checkpoints' step
+  numbers: with --packing epochs differ in steps), as a checkpoint's metadata keeps them."""
   rows: list[dict[str, float]] = dataclasses.field(default_factory=list)
   best: float = -np.inf
   epoch: int = 0
   step: int = 0
+  batch: int = 0
 
-  def meta(self, epoch: int, step: int) -> dict[str, Any]:
-    return {"epoch": epoch, "step": step, "best": self.best, "history": self.rows}
+  def meta(self, epoch: int, step: int, batch: int) -> dict[str, Any]:
+    return {"epoch": epoch, "step": step, "batch": batch, "best": self.best, "history": self.rows}
 
   def add(self, row: dict[str, float], metric: str) -> bool:
     """Appends an epoch's row; whether its `metric` is the best so far."""
@@ -404,35 +406,37 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
   encoding = task.encoding
   sampler = sampler_lib.TrainSampler(data.train, cfg, encoding, jax.process_index(),
                                      jax.process_count())
-  spe = sampler.steps_per_epoch
   train_step, eval_step, eval_rows = _compile(cfg, mesh, task, state)
-  report = _epoch_report(cfg, task, mesh, state, at.epoch, spe)
+  report = _epoch_report(cfg, task, mesh, state, at.epoch, sampler.steps_in(at.epoch))
   stop_requested = StopRequests()
   stream = prefetch(batch for e in range(at.epoch, cfg.epochs)
                     for batch in sampler.epoch(e, at.step if e == at.epoch else 0))
   try:
+    done = at.batch  # batches done in the run: the checkpoints' step numbers
     for epoch in range(at.epoch, cfg.epochs):
-      first = at.step if epoch == at.epoch else 0
-      report.start_epoch(epoch, first)
-      sums = {"loss_sum": 0.0, "count": 0.0, "grad_norm": 0.0, "steps": 0, "real_nucleotides": 0}
+      first, spe = at.step if epoch == at.epoch else 0, sampler.steps_in(epoch)
+      report.start_epoch(epoch, first, spe)
+      sums = {"loss_sum": 0.0, "count": 0.0, "grad_norm": 0.0, "steps": 0, "real_nucleotides": 0,
+              "sequences": 0}
       pending: list[tuple[int, dict[str, jax.Array]]] = []
       for step in range(first, spe):
         batch = next(stream)  # sampled while the previous step ran
         sums["real_nucleotides"] += encoding.real_nucleotides(batch) * jax.process_count()
+        sums["sequences"] += encoding.n_sequences(batch) * jax.process_count()
         state, metrics = train_step(state, to_device(batch, mesh),
                                     dropout_key(cfg.seed, epoch, step))
         pending.append((step, metrics))
         wait_for_previous([m for _, m in pending[-2:]])
         report.step(step, lambda: sum(not m["loss_sum"].is_ready() for _, m in pending))
-        done = epoch * spe + step + 1
+        done += 1
         stop = stop_requested(done)
         save_now = stop or (cfg.checkpoint_every_steps and done % cfg.checkpoint_every_steps == 0
                             and step + 1 < spe)
         if save_now or len(pending) >= 64 or step + 1 == spe:
-          _check_finite(pending, epoch, spe, sums)
+          _check_finite(pending, epoch, done - step, sums)
           pending = []
         if save_now:
-          checkpointer.save(done, state, at.meta(epoch, step + 1), checkpoint_lib.NO_METRIC)
+          checkpointer.save(done, state, at.meta(epoch, step + 1, done), checkpoint_lib.NO_METRIC)
         if stop:
           checkpointer.wait()
           raise Stopped(f"{stop} at epoch {epoch + 1}, step {step + 1}: saved the resume "
@@ -444,7 +448,7 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
         figures = evaluate(eval_step, state.params, subset, mesh, eval_rows, task)
         row.update({f"{k}|{split}": v for k, v in figures.items()})
       improved = at.add(row, task.best_metric)
-      checkpointer.save((epoch + 1) * spe, state, at.meta(epoch + 1, 0), row[task.best_metric])
+      checkpointer.save(done, state, at.meta(epoch + 1, 0, done), row[task.best_metric])
       report.end_epoch(epoch, at.rows, improved, sums, task.learning_rate(int(state.step)))
   except Stopped:
     report.plot(at.rows)  # the plots show every epoch done, as history.csv does
@@ -499,7 +503,10 @@ def _start(cfg: Config, mesh: Mesh, task: tasks_lib.Task,
   restored = checkpointer.restore_latest(state) if checkpointer.resuming else None
   if restored is not None:
     state, meta = restored
-    at = Position(meta["history"], meta["best"], meta["epoch"], meta["step"])
+    # Checkpoints from before the batch count was kept: every epoch had the same steps.
+    steps = -(-cfg.n_samples_per_epoch // cfg.batch_size)
+    batch = meta.get("batch", meta["epoch"] * steps + meta["step"])
+    at = Position(meta["history"], meta["best"], meta["epoch"], meta["step"], batch)
     if at.epoch < cfg.epochs:  # else there is nothing to do, as run says
       log.info("resuming %s from epoch %d, step %d", cfg.checkpoint_path, at.epoch + 1, at.step)
   source = cfg.init_from or cfg.pretrained_model
@@ -516,9 +523,10 @@ def _compile(cfg: Config, mesh: Mesh, task: tasks_lib.Task,
   elsewhere at least EVAL_ROWS."""
   on_cpu = mesh.devices.flat[0].platform == "cpu"
   eval_rows = cfg.batch_size * (1 if on_cpu else -(-EVAL_ROWS // cfg.batch_size))
-  empty = lambda rows: to_device(task.encoding.empty_rows(rows // jax.process_count()), mesh)
+  empty = lambda rows, packed=False: to_device(
+      task.encoding.empty_rows(rows // jax.process_count(), packed), mesh)
   t0, hits = time.perf_counter(), _cache_hits[:1]
-  lowered = (make_train_step(cfg, mesh, task).lower(state, empty(cfg.batch_size),
+  lowered = (make_train_step(cfg, mesh, task).lower(state, empty(cfg.batch_size, cfg.packing),
                                                     dropout_key(cfg.seed, 0, 0)),
              make_eval_step(cfg, mesh, task).lower(state.params, empty(eval_rows)))
   # XLA compiles without the GIL: both programs at once.
@@ -532,25 +540,27 @@ def _compile(cfg: Config, mesh: Mesh, task: tasks_lib.Task,
 
 def _epoch_report(cfg: Config, task: tasks_lib.Task, mesh: Mesh, state: TrainState,
                   first_epoch: int, spe: int) -> history_lib.EpochReport:
+  """spe: the steps of the first epoch (--packing: of that epoch; the others differ)."""
   """The run's EpochReport, with the FLOPs of a step and the matmul peak for its MFU."""
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   n_devices, platform = mesh.devices.size, mesh.devices.flat[0].platform
   flops = model_lib.train_flops(cfg, n_params, cfg.batch_size // n_devices)
   peak, measured_before = flops_lib.cached_peak_flops(
       model_lib.compute_dtype(cfg), jax.local_devices()[0], jax.config.jax_compilation_cache_dir)
-  log.info("%s parameters; %d steps per epoch; %.3g FLOP per step and device, matmul peak %.3g "
-           "FLOP/s%s", f"{n_params:,}", spe, flops, peak,
+  log.info("%s parameters; %d steps per epoch%s; %.3g FLOP per step and device, matmul peak "
+           "%.3g FLOP/s%s", f"{n_params:,}", spe, " (packed: this epoch's)" if cfg.packing else "",
+           flops, peak,
            " (measured before)" if measured_before else "")
   # The CPU devices of a process share its cores, whose peak one device's matmul measures.
   host_share = len(mesh.local_devices) if platform == "cpu" else 1
   writer = jax.process_index() == 0
   return history_lib.EpochReport(
-      cfg.results_path if writer else None, cfg.epochs, first_epoch, spe, cfg.batch_size,
+      cfg.results_path if writer else None, cfg.epochs, first_epoch, cfg.batch_size,
       task.encoding.window, task.figures_names, task.progress_columns(), flops * host_share,
       peak, cfg.progress)
 
 
-def _check_finite(pending: list[tuple[int, dict[str, jax.Array]]], epoch: int, spe: int,
+def _check_finite(pending: list[tuple[int, dict[str, jax.Array]]], epoch: int, first_batch: int,
                   sums: dict[str, float]) -> None:
   """Fetches the metrics of the dispatched steps; stops at the first non-finite one.
   (The step itself already refused to apply a non-finite update.)"""
@@ -558,7 +568,7 @@ def _check_finite(pending: list[tuple[int, dict[str, jax.Array]]], epoch: int, s
   for (step, _), m in zip(pending, fetched):
     if not (np.isfinite(m["loss_sum"]) and np.isfinite(m["grad_norm"])):
       raise Stopped(f"non-finite loss or gradient at epoch {epoch + 1}, step {step + 1} (batch "
-                    f"{epoch * spe + step + 1}); nothing was saved over the checkpoints. Try a "
+                    f"{first_batch + step}); nothing was saved over the checkpoints. Try a "
                     "longer --warmup_steps, --precision fp32, or check the input.")
     sums["loss_sum"] += float(m["loss_sum"])
     sums["count"] += float(m["count"])
