@@ -13,7 +13,8 @@ about a minute on 2 CPU cores, so the check never rots.
 Steps:
   env              versions, devices, nvidia-smi, cuDNN, device memory
   attention        --attention auto (cuDNN's fused kernel on GPUs) against the plain
-                   formula on padded bf16 batches: forward and gradient, max errors
+                   formula on padded bf16 batches, then on packed ones (--packing: the
+                   mask of each row's sequences): forward and gradient, max errors
                    relative to the reference's largest value, and whether the compiled
                    program holds the fused kernel
   bf16_step        one train step in bf16 and in fp32 from the same parameters and batch:
@@ -167,28 +168,36 @@ def step_attention() -> Iterator[dict[str, Any]]:
   q, k, v, ct = (jnp.asarray(rng.normal(size=(b, l, h, e)), jnp.bfloat16) for _ in range(4))
   lengths = jnp.array([l, l // 2 + 3, 1, l - 5][:b], jnp.int32)
 
-  def loss(impl, q, k, v):
-    out = model_lib.attention(q, k, v, lengths, impl)
+  # Packed rows (--packing): sequences of different lengths one after another, padding last.
+  cuts = np.sort(rng.choice(np.arange(1, l - 2), 5, replace=False))
+  segments = jnp.asarray(np.stack([np.searchsorted(cuts, np.arange(l), side="right") + 1] * b)
+                         * (np.arange(l) < l - 2), jnp.int32)
+
+  def loss(impl, q, k, v, packed):
+    out = model_lib.attention(q, k, v, lengths, impl, segments if packed else None)
     return jnp.sum(out.astype(jnp.float32) * ct.astype(jnp.float32)), out
 
-  def run(impl, dtype):
-    f = jax.jit(jax.value_and_grad(lambda *a: loss(impl, *a), argnums=(0, 1, 2), has_aux=True))
+  def run(impl, dtype, packed):
+    f = jax.jit(jax.value_and_grad(lambda *a: loss(impl, *a, packed), argnums=(0, 1, 2),
+                                   has_aux=True))
     args = [x.astype(dtype) for x in (q, k, v)]
     text = f.lower(*args).as_text()
     (_, out), grads = f(*args)
     return out, grads, text
 
-  out, grads, text = run("auto", jnp.bfloat16)
-  ref_out, ref_grads, _ = run("reference", jnp.float32)
-  # Padded query rows are outputs too (they attend to the real keys): all rows compared.
-  fwd = relative_error(out, ref_out)
-  grad = max(relative_error(g, r) for g, r in zip(grads, ref_grads))
-  fused = "cudnn" in text.lower() and "fmha" in text.lower()
-  tolerance = {"forward": 2e-2, "gradient": 5e-2}
-  yield {"shape_BxLxHxE": [b, l, h, e], "lengths": lengths.tolist(), "dtype": "bfloat16",
-         "fused_cudnn": fused, "forward_rel_err": fwd, "gradient_rel_err": grad,
-         "tolerance": tolerance,
-         "ok": bool(fwd <= tolerance["forward"] and grad <= tolerance["gradient"])}
+  for packed in (False, True):
+    out, grads, text = run("auto", jnp.bfloat16, packed)
+    ref_out, ref_grads, _ = run("reference", jnp.float32, packed)
+    # Padded query rows are outputs too (they attend to the real keys): all rows compared.
+    fwd = relative_error(out, ref_out)
+    grad = max(relative_error(g, r) for g, r in zip(grads, ref_grads))
+    fused = "cudnn" in text.lower() and "fmha" in text.lower()
+    tolerance = {"forward": 2e-2, "gradient": 5e-2}
+    yield {"shape_BxLxHxE": [b, l, h, e], "packed": packed,
+           **({"segments": int(segments.max())} if packed else {"lengths": lengths.tolist()}),
+           "dtype": "bfloat16", "fused_cudnn": fused, "forward_rel_err": fwd,
+           "gradient_rel_err": grad, "tolerance": tolerance,
+           "ok": bool(fwd <= tolerance["forward"] and grad <= tolerance["gradient"])}
 
 
 def demo_data(folder: str, n_train: int, n_valid: int) -> tuple[str, str]:

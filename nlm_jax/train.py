@@ -433,7 +433,7 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
         save_now = stop or (cfg.checkpoint_every_steps and done % cfg.checkpoint_every_steps == 0
                             and step + 1 < spe)
         if save_now or len(pending) >= 64 or step + 1 == spe:
-          _check_finite(pending, epoch, done - step, sums)
+          _check_finite(pending, epoch, done - step - 1, sums)
           pending = []
         if save_now:
           checkpointer.save(done, state, at.meta(epoch, step + 1, done), checkpoint_lib.NO_METRIC)
@@ -560,15 +560,16 @@ def _epoch_report(cfg: Config, task: tasks_lib.Task, mesh: Mesh, state: TrainSta
       peak, cfg.progress)
 
 
-def _check_finite(pending: list[tuple[int, dict[str, jax.Array]]], epoch: int, first_batch: int,
+def _check_finite(pending: list[tuple[int, dict[str, jax.Array]]], epoch: int, batches_before: int,
                   sums: dict[str, float]) -> None:
   """Fetches the metrics of the dispatched steps; stops at the first non-finite one.
-  (The step itself already refused to apply a non-finite update.)"""
+  (The step itself already refused to apply a non-finite update.) batches_before: the
+  run's batches before the epoch's first."""
   fetched = jax.device_get([m for _, m in pending])
   for (step, _), m in zip(pending, fetched):
     if not (np.isfinite(m["loss_sum"]) and np.isfinite(m["grad_norm"])):
       raise Stopped(f"non-finite loss or gradient at epoch {epoch + 1}, step {step + 1} (batch "
-                    f"{first_batch + step}); nothing was saved over the checkpoints. Try a "
+                    f"{batches_before + step + 1}); nothing was saved over the checkpoints. Try a "
                     "longer --warmup_steps, --precision fp32, or check the input.")
     sums["loss_sum"] += float(m["loss_sum"])
     sums["count"] += float(m["count"])

@@ -14,7 +14,8 @@ TRAIN_KEYS = {
     "train_samples_per_s", "nucleotides_per_sample", "train_nucleotides_per_s",
     "flops_per_step", "flops_source", "flops_per_step_6nd", "achieved_flops_per_s",
     "peak_flops_per_s", "peak_matmul_n", "peak_matmul_iters", "peak_dtype", "mfu",
-    "host_load_1m", "allocator", "sampler_samples_per_s", "sampler_vs_train"}
+    "host_load_1m", "allocator", "sampler_samples_per_s", "sampler_vs_train", "packing",
+    "real_fraction", "real_nucleotides_per_s", "sequences_per_s", "mfu_real"}
 E2E_KEYS = {
     "kind", "config", "data", "n_train", "n_valid", "flags", "allocator", "devices",
     "compilation_cache", "compiled_from_cache", "wall_s", "user_s", "sys_s", "minor_faults", "max_rss_bytes",
@@ -67,6 +68,7 @@ def test_bench_demo(tmp_path):
   if sys.platform == "linux":
     assert train.pop("allocator") == "malloc: mimalloc"
 
+  assert train.pop("packing") is False and 0 < train["real_fraction"] <= 1
   assert train.pop("host_load_1m") >= 0  # 0 on an idle machine
   for x in numbers(train):
     assert math.isfinite(x) and x > 0, train

@@ -30,9 +30,10 @@ def test_device_check_runs_every_step_at_tiny_sizes(tmp_path):
   assert list(by_step) == list(device_check.STEPS) + ["summary"]
   assert by_step["summary"][0]["failed"] == []
   assert by_step["env"][0]["backend"] == "cpu" and by_step["env"][0]["tiny"] is True
-  attention = by_step["attention"][0]
-  assert attention["ok"] and not attention["fused_cudnn"]  # XLA's path here
-  assert 0 < attention["forward_rel_err"] < 2e-2  # bf16 against float32: close, not equal
+  for attention, packed in zip(by_step["attention"], (False, True), strict=True):
+    assert attention["ok"] and not attention["fused_cudnn"]  # XLA's path here
+    assert 0 < attention["forward_rel_err"] < 2e-2  # bf16 against float32: close, not equal
+    assert attention["packed"] is packed
   step = by_step["bf16_step"][0]
   assert step["ok"] and step["finite"] and step["loss_rel_diff"] > 0
   for name in ("bench_conv", "bench_kmer"):
@@ -40,6 +41,9 @@ def test_device_check_runs_every_step_at_tiny_sizes(tmp_path):
     assert [r["batch_size"] for r in records] == [8, 16], records
     assert all(r["fits"] and 0 < r["mfu"] < 1.5 and r["compute_dtype"] == "bfloat16"
                for r in records)
+  plain, packed, compared = by_step["bench_packed"]
+  assert not plain["packing"] and packed["packing"] and compared["kind"] == "packing"
+  assert packed["real_fraction"] > plain["real_fraction"] and compared["real_nucleotides_per_s_ratio"] > 1
   *tries, answer = by_step["longest_context"]
   assert tries[0]["trains"] and tries[0]["finite"] and tries[-1]["attention"] == "xla"
   assert answer["longest_context"] == 128 and "--context_length=128" in answer["flags"]
