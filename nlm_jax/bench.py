@@ -43,9 +43,13 @@ Fields of a training line ("kind": "train"):
     encoder's loop body once); flops_per_step_6nd: 6 * n_params * batch_size *
     context_length, for reference.
   achieved_flops_per_s: flops_per_step / step_s.
-  peak_flops_per_s: best of 5 timings of a jitted chain of peak_matmul_iters
-    peak_matmul_n x peak_matmul_n matmuls in peak_dtype (compute_dtype), measured right
-    after this configuration's steps; mfu: achieved_flops_per_s / peak_flops_per_s.
+  mfu: achieved_flops_per_s / peak_flops_per_s, MFU as the field states it: against the
+    chip's dense peak in peak_dtype (compute_dtype) from the vendor's page (flops.CHIPS:
+    H100, H200, A100, L4, TPU v4, v5e, v5p, v6e), or against the measured rate below
+    where the device kind is not in that table; peak_source says which.
+  measured_peak_flops_per_s: best of 5 timings of a jitted chain of peak_matmul_iters
+    peak_matmul_n x peak_matmul_n matmuls in peak_dtype, measured right after this
+    configuration's steps; mfu_of_measured_peak: achieved_flops_per_s over it.
   sampler_samples_per_s: sequences per second of TrainSampler.batch in the main thread
     (one host core); sampler_vs_train: how many times faster one core samples sequences
     than the step consumes them.
@@ -346,8 +350,10 @@ def train_record(name: str, cfg: Config, warmup: int, steps: int) -> dict[str, A
   peak_dtype = dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
   peak_n = _PEAK_N.value or (1024 if platform == "cpu" else 8192)
   log(f"  measuring the {peak_n}x{peak_n} {peak_dtype} matmul peak")
-  peak, peak_iters = flops_lib.peak_flops(peak_dtype, peak_n, devices[0])
-  log(f"  {peak / 1e9:.1f} GFLOP/s peak, {flops / step_s / 1e9:.1f} GFLOP/s achieved")
+  measured, peak_iters = flops_lib.peak_flops(peak_dtype, peak_n, devices[0])
+  peak = flops_lib.Peak.of(devices[0].device_kind, peak_dtype, measured)
+  log(f"  {measured / 1e9:.1f} GFLOP/s measured matmul rate, {flops / step_s / 1e9:.1f} GFLOP/s "
+      f"achieved; MFU against the {peak.describe()}")
 
   log(f"  timing the sampler for {_SAMPLER_S.value:g} s")
   sampler_per_s = sampler_rate(sampler, _SAMPLER_S.value)
@@ -366,13 +372,14 @@ def train_record(name: str, cfg: Config, warmup: int, steps: int) -> dict[str, A
       "train_samples_per_s": train_per_s, "nucleotides_per_sample": nucs,
       "train_nucleotides_per_s": train_per_s * nucs,
       "flops_per_step": flops, "flops_source": source, "flops_per_step_6nd": flops_6nd,
-      "achieved_flops_per_s": achieved, "peak_flops_per_s": peak,
+      "achieved_flops_per_s": achieved, **peak.fields(achieved),
       "peak_matmul_n": peak_n, "peak_matmul_iters": peak_iters, "peak_dtype": peak_dtype,
-      "mfu": achieved / peak, "host_load_1m": load_1m, "allocator": allocator.describe(),
+      "host_load_1m": load_1m, "allocator": allocator.describe(),
       "sampler_samples_per_s": sampler_per_s,
       "sampler_vs_train": sampler_per_s / (sequences_per_step / step_s), "packing": cfg.packing, "real_fraction": real_fraction,
       "real_nucleotides_per_s": real_fraction * train_per_s * nucs,
-      "sequences_per_s": sequences_per_step / step_s, "mfu_real": achieved / peak * real_fraction,
+      "sequences_per_s": sequences_per_step / step_s,
+      "mfu_real": achieved / peak.flops_per_s * real_fraction,
   }
 
 

@@ -21,7 +21,8 @@ Steps:
                    loss, gradient norm and update, relative differences, all finite
   bench_conv       the benchmark's base_conv line (nlm_jax.bench) in bf16 at batch 8 and
                    at the largest batch up to 64 that fits: step time, samples/s,
-                   nucleotides/s, MFU against the measured bf16 matmul peak
+                   nucleotides/s, MFU against the chip's dense bf16 peak (flops.CHIPS)
+                   and against the bf16 matmul rate measured beside it
   longest_context  the longest conv context (kernel 9, up to 4096 positions = 36.8 kb)
                    that trains at batch 1 with BERT-base, the flags it needs and the peak
                    device memory; one line per try
@@ -289,7 +290,8 @@ def bench_lines(name: str) -> Iterator[dict[str, Any]]:
       fitted = batch != 8
       keep = ("config", "batch_size", "precision", "compute_dtype", "remat", "compile_s",
               "step_memory_bytes", "step_s", "train_samples_per_s", "train_nucleotides_per_s",
-              "flops_per_step", "flops_source", "peak_flops_per_s", "mfu", "devices")
+              "flops_per_step", "flops_source", "mfu", "peak_flops_per_s", "peak_source",
+              "mfu_of_measured_peak", "measured_peak_flops_per_s", "devices")
       yield {"fits": True, **{k: record.get(k) for k in keep}}
 
 
@@ -307,7 +309,8 @@ def step_bench_packed() -> Iterator[dict[str, Any]]:
         else dict(bench.BASE, kernel_size=9, remat="none"))
   warmup, steps = (1, 1) if tiny else (3, 10)
   keep = ("config", "batch_size", "packing", "step_s", "real_fraction", "real_nucleotides_per_s",
-          "sequences_per_s", "train_nucleotides_per_s", "mfu", "mfu_real", "peak_flops_per_s")
+          "sequences_per_s", "train_nucleotides_per_s", "mfu", "mfu_real", "peak_flops_per_s",
+          "peak_source", "mfu_of_measured_peak")
   with tempfile.TemporaryDirectory() as folder:
     fastas = bench.e2e_data(folder)[:2]
     lines = {}

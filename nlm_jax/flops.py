@@ -1,16 +1,91 @@
-"""The two halves of MFU: a compiled program's FLOPs and the matmul peak of a device.
+"""The two halves of MFU: a compiled program's FLOPs and the peak of a device. MFU is
+stated as the field states it, against the chip's dense peak from the vendor's page
+(chip_peak); the matmul rate measured on the device (peak_flops) stands beside it as "of
+measured peak", and replaces the chip's peak where the device kind is not in the table.
 One measurement, shared by the training log and nlm_jax.bench, so their MFUs agree."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import re
 import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+
+# Dense peaks (no 2:4 sparsity) by device kind as JAX names it: (pattern, chip, bf16 FLOP/s,
+# float32 FLOP/s or None). NVIDIA's pages give tensor-core figures "with sparsity", twice
+# the dense ones, hence the halves. JAX computes float32 dots in TF32 on these GPUs at its
+# default precision, so their float32 peak is TF32's; TPUs compute float32 dots in bf16
+# passes, so they have no float32 entry (the measured rate stands in). First match wins:
+# the PCIe and NVL boards before the SXM one.
+CHIPS: tuple[tuple[str, str, float, float | None], ...] = (
+    # https://www.nvidia.com/en-us/data-center/h100/ and the H100 PCIe product brief
+    # (PB-11133): BF16 1,979 (SXM), 1,671 (NVL), 1,513 (PCIe) TFLOPS with sparsity; TF32
+    # 989, 835, 756. "NVIDIA H100 80GB HBM3" is the SXM board.
+    (r"H100.*PCIe", "H100 PCIe", 1513e12 / 2, 756e12 / 2),
+    (r"H100.*NVL", "H100 NVL", 1671e12 / 2, 835e12 / 2),
+    (r"H100", "H100 SXM", 1979e12 / 2, 989e12 / 2),
+    # https://www.nvidia.com/en-us/data-center/h200/: H200 SXM as H100 SXM, H200 NVL 1,671.
+    (r"H200.*NVL", "H200 NVL", 1671e12 / 2, 835e12 / 2),
+    (r"H200", "H200 SXM", 1979e12 / 2, 989e12 / 2),
+    # https://www.nvidia.com/en-us/data-center/a100/: BF16 312 TFLOPS dense (624 with
+    # sparsity), TF32 156; the same on the SXM4 and PCIe boards, 40 and 80 GB.
+    (r"A100", "A100", 312e12, 156e12),
+    # https://www.nvidia.com/en-us/data-center/l4/: BF16 242, TF32 120 TFLOPS with sparsity.
+    (r"\bL4$", "L4", 242e12 / 2, 120e12 / 2),
+    # https://cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e: peak compute per chip (bf16).
+    (r"^TPU v4$", "TPU v4", 275e12, None),
+    (r"^TPU v5 ?(lite|e)$", "TPU v5e", 197e12, None),
+    (r"^TPU v5p?$", "TPU v5p", 459e12, None),
+    (r"^TPU v6 ?(lite|e)$", "TPU v6e", 918e12, None),
+)
+
+
+def chip_peak(device_kind: str, dtype: Any) -> tuple[str, float] | None:
+  """(chip, dense FLOP/s) of a device kind for matmuls in `dtype` (bfloat16 and float16
+  share one peak), or None where the table has no figure."""
+  name = str(dtype)
+  for pattern, chip, bf16, fp32 in CHIPS:
+    if re.search(pattern, device_kind):
+      peak = bf16 if name in ("bfloat16", "float16") else fp32 if name == "float32" else None
+      return (chip, peak) if peak else None
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Peak:
+  """The peak MFU is stated against: the chip's dense peak where the table knows the
+  device kind, else the measured matmul rate (`chip` None then); `measured` is that rate."""
+  flops_per_s: float
+  measured: float
+  chip: str | None
+  dtype: str
+  device_kind: str
+
+  @classmethod
+  def of(cls, device_kind: str, dtype: Any, measured: float) -> Peak:
+    known = chip_peak(device_kind, dtype)
+    return cls(known[1] if known else measured, measured, known and known[0], str(dtype),
+               device_kind)
+
+  def describe(self) -> str:
+    """What MFU is against, for logs and JSON lines."""
+    if self.chip:
+      return f"{self.chip} {self.dtype} dense peak {self.flops_per_s / 1e12:.4g} TFLOP/s (vendor)"
+    return (f"measured {self.dtype} matmul rate (no {self.dtype} peak known for device kind "
+            f"{self.device_kind!r})")
+
+  def fields(self, achieved: float) -> dict[str, Any]:
+    """MFU of `achieved` FLOP/s against this peak, and of the measured matmul rate."""
+    return {"mfu": achieved / self.flops_per_s, "peak_flops_per_s": self.flops_per_s,
+            "peak_source": self.describe(), "measured_peak_flops_per_s": self.measured,
+            "mfu_of_measured_peak": achieved / self.measured}
 
 
 def cost_flops(compiled: Any) -> float | None:
