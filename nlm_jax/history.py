@@ -154,25 +154,31 @@ class ProgressLine:
 class EpochReport:
   """Everything the reader sees of a run's epochs: the progress line while one trains, then
   the log line (every process) and history.csv, the plots and the TensorBoard scalars (the
-  writing process: results_path set). Keeps the time spent training and evaluating."""
+  writing process: results_path set). Keeps the time an epoch spends in its training steps,
+  evaluating, checkpointing and reporting: what is not steps is the epoch's overhead."""
 
   def __init__(self, results_path: str | None, epochs: int, first_epoch: int,
                samples_per_step: int, window: int,
                figures: tuple[str, ...], progress_columns: tuple[str, ...],
-               flops_per_step: float, peak_flops: float, progress: bool):
+               flops_per_step: float, peak_flops: float, progress: bool,
+               chip_peak_flops: float | None = None):
     self.results_path, self.epochs, self.first_epoch = results_path, epochs, first_epoch
     self.spe, self.samples_per_step, self.window = 0, samples_per_step, window
     self.figures, self.progress_columns = figures, progress_columns
+    # peak_flops: the matmul rate measured on the device; chip_peak_flops: the chip's dense
+    # peak (flops.chip_peak), which MFU is stated against where it is known.
     self.flops_per_step, self.peak_flops = flops_per_step, peak_flops
+    self.chip_peak_flops = chip_peak_flops
     self.line = ProgressLine(progress and results_path is not None)
     self.tb = None
     if results_path is not None:
       from tensorboardX import SummaryWriter  # event files next to history.csv
 
       self.tb = SummaryWriter(results_path)
-    self.seconds = {"training": 0.0, "evaluation": 0.0}
+    self.seconds = {"training": 0.0, "evaluation": 0.0, "checkpoints": 0.0, "reports": 0.0}
     self.run_start = self.epoch_start = time.perf_counter()
     self.train_seconds, self.first_step = 0.0, 0
+    self.eval_start = self.save_start = self.run_start
     self.plotted, self.plotted_at = 0, self.run_start
 
   def start_epoch(self, epoch: int, first_step: int, steps: int) -> None:
@@ -186,22 +192,33 @@ class EpochReport:
       self.line.update(step + 1 - not_ready())
 
   def evaluating(self) -> None:
-    self.train_seconds = time.perf_counter() - self.epoch_start
+    self.eval_start = time.perf_counter()
+    self.train_seconds = self.eval_start - self.epoch_start
     self.line.note("evaluating")
+
+  def saving(self) -> None:
+    """The epoch's evaluation ended; its checkpoint is being saved."""
+    self.save_start = time.perf_counter()
 
   def end_epoch(self, epoch: int, rows: list[dict[str, float]], improved: bool,
                 train: dict[str, float], learning_rate: float) -> None:
     """rows: the history, this epoch's last; train: the sums of its steps (loss_sum, count,
     grad_norm, steps, real_nucleotides, sequences); learning_rate: of its last update."""
+    reports_start = time.perf_counter()
     self.seconds["training"] += self.train_seconds
-    self.seconds["evaluation"] += time.perf_counter() - self.epoch_start - self.train_seconds
+    self.seconds["evaluation"] += self.save_start - self.eval_start
+    self.seconds["checkpoints"] += reports_start - self.save_start
     steps_per_s = (self.spe - self.first_step) / self.train_seconds
     throughput = {"steps_per_s": steps_per_s,
                   "samples_per_s": train["sequences"] / self.train_seconds,
                   "nucleotides_per_s": steps_per_s * self.samples_per_step * self.window,
                   # what other tools count: padding and a window's unused part excluded
                   "real_nucleotides_per_s": train["real_nucleotides"] / self.train_seconds,
-                  "mfu": self.flops_per_step * steps_per_s / self.peak_flops}
+                  "mfu": self.flops_per_step * steps_per_s / (self.chip_peak_flops or self.peak_flops),
+                  "mfu_of_measured_peak": self.flops_per_step * steps_per_s / self.peak_flops}
+    mfu = f"{100 * throughput['mfu_of_measured_peak']:.1f}% of measured peak"
+    if self.chip_peak_flops:
+      mfu = f"{100 * throughput['mfu']:.1f}% ({mfu})"
     if self.results_path is not None:
       write_csv(os.path.join(self.results_path, "history.csv"), rows, columns(self.figures))
       if epoch + 1 == self.epochs or time.perf_counter() - self.plotted_at >= PLOT_EVERY_S:
@@ -211,12 +228,16 @@ class EpochReport:
     left = elapsed / (epoch + 1 - self.first_epoch) * (self.epochs - epoch - 1)
     row = rows[-1]
     self.line.clear()
+    now = time.perf_counter()
+    self.seconds["reports"] += now - reports_start
+    # What of the epoch's wall time was not its training steps: evaluation, checkpoint, reports.
+    outside = 1 - self.train_seconds / (now - self.epoch_start)
     log.info("epoch %d/%d | %s%s | lr %.3g | %.1f steps/s, %.0f samples/s, %.3g nt/s (%.3g real "
-             "nt/s), MFU %.1f%% | %s elapsed, %s left", epoch + 1, self.epochs,
-             " ".join(f"{k} {row[k]:.4f}" for k in self.progress_columns),
+             "nt/s), MFU %s | %.1f%% of the epoch outside steps | %s elapsed, %s left", epoch + 1,
+             self.epochs, " ".join(f"{k} {row[k]:.4f}" for k in self.progress_columns),
              " (best)" if improved else "", learning_rate, steps_per_s,
              throughput["samples_per_s"], throughput["nucleotides_per_s"],
-             throughput["real_nucleotides_per_s"], 100 * throughput["mfu"], duration(elapsed),
+             throughput["real_nucleotides_per_s"], mfu, 100 * outside, duration(elapsed),
              duration(left))
 
   def _scalars(self, x: int, row: dict[str, float], train: dict[str, float],
@@ -242,6 +263,8 @@ class EpochReport:
       self.tb.close()
 
   def finish(self, best_metric: str, best: float, checkpoint_path: str) -> None:
-    log.info("training finished in %.1f s (training %.1f s, evaluation %.1f s); best %s %.4f; "
-             "checkpoint in %s", time.perf_counter() - self.run_start, self.seconds["training"],
-             self.seconds["evaluation"], best_metric, best, checkpoint_path)
+    t = self.seconds
+    log.info("training finished in %.1f s (training %.1f s, evaluation %.1f s, checkpoints %.1f s, "
+             "reports %.1f s); best %s %.4f; checkpoint in %s", time.perf_counter() - self.run_start,
+             t["training"], t["evaluation"], t["checkpoints"], t["reports"], best_metric, best,
+             checkpoint_path)

@@ -448,6 +448,7 @@ def run(cfg: Config, devices: list[jax.Device] | None = None) -> list[dict[str, 
         figures = evaluate(eval_step, state.params, subset, mesh, eval_rows, task)
         row.update({f"{k}|{split}": v for k, v in figures.items()})
       improved = at.add(row, task.best_metric)
+      report.saving()
       checkpointer.save(done, state, at.meta(epoch + 1, 0, done), row[task.best_metric])
       report.end_epoch(epoch, at.rows, improved, sums, task.learning_rate(int(state.step)))
   except Stopped:
@@ -540,24 +541,27 @@ def _compile(cfg: Config, mesh: Mesh, task: tasks_lib.Task,
 
 def _epoch_report(cfg: Config, task: tasks_lib.Task, mesh: Mesh, state: TrainState,
                   first_epoch: int, spe: int) -> history_lib.EpochReport:
-  """spe: the steps of the first epoch (--packing: of that epoch; the others differ)."""
-  """The run's EpochReport, with the FLOPs of a step and the matmul peak for its MFU."""
+  """The run's EpochReport, with the FLOPs of a step and the peaks for its MFU: the chip's
+  dense peak where flops.CHIPS knows the device kind, the measured matmul rate beside it.
+  spe: the steps of the first epoch (--packing: of that epoch; the others differ)."""
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   n_devices, platform = mesh.devices.size, mesh.devices.flat[0].platform
   flops = model_lib.train_flops(cfg, n_params, cfg.batch_size // n_devices)
-  peak, measured_before = flops_lib.cached_peak_flops(
-      model_lib.compute_dtype(cfg), jax.local_devices()[0], jax.config.jax_compilation_cache_dir)
-  log.info("%s parameters; %d steps per epoch%s; %.3g FLOP per step and device, matmul peak "
-           "%.3g FLOP/s%s", f"{n_params:,}", spe, " (packed: this epoch's)" if cfg.packing else "",
-           flops, peak,
-           " (measured before)" if measured_before else "")
+  dtype, device = model_lib.compute_dtype(cfg), jax.local_devices()[0]
+  measured, measured_before = flops_lib.cached_peak_flops(
+      dtype, device, jax.config.jax_compilation_cache_dir)
+  peak = flops_lib.Peak.of(device.device_kind, jnp.dtype(dtype), measured)
+  log.info("%s parameters; %d steps per epoch%s; %.3g FLOP per step and device, matmul rate "
+           "%.3g FLOP/s%s; MFU against the %s", f"{n_params:,}", spe,
+           " (packed: this epoch's)" if cfg.packing else "", flops, measured,
+           " (measured before)" if measured_before else "", peak.describe())
   # The CPU devices of a process share its cores, whose peak one device's matmul measures.
   host_share = len(mesh.local_devices) if platform == "cpu" else 1
   writer = jax.process_index() == 0
   return history_lib.EpochReport(
       cfg.results_path if writer else None, cfg.epochs, first_epoch, cfg.batch_size,
       task.encoding.window, task.figures_names, task.progress_columns(), flops * host_share,
-      peak, cfg.progress)
+      measured, cfg.progress, peak.chip and peak.flops_per_s)
 
 
 def _check_finite(pending: list[tuple[int, dict[str, jax.Array]]], epoch: int, batches_before: int,

@@ -60,3 +60,38 @@ def test_progress_line_is_silent_off_a_terminal_or_when_turned_off():
     line.note("evaluating")
     line.clear()
     assert out.getvalue() == "" and not line.due()
+
+
+def epoch_line(caplog, chip_peak_flops):
+  """The log line of one epoch of 10 steps of 1e9 FLOP each in 1 s (1e10 FLOP/s)."""
+  import logging
+
+  report = history.EpochReport(None, 1, 0, 8, 9, ("Loss",), ("Loss|valid",), 1e9, 4e10, False,
+                               chip_peak_flops)
+  report.start_epoch(0, 0, 10)
+  report.epoch_start -= 1.0  # the steps took 1 s
+  report.evaluating()
+  report.saving()
+  with caplog.at_level(logging.INFO, logger="nlm_jax.history"):
+    report.end_epoch(0, [{"Loss|valid": 1.0}], True, {"sequences": 80, "real_nucleotides": 720},
+                     1e-4)
+  return caplog.records[-1].getMessage()
+
+
+def test_epoch_line_states_mfu_against_the_chip_and_the_measured_peak(caplog):
+  # 1e10 FLOP/s against a chip peak of 1e11 (10%) and a measured rate of 4e10 (25%).
+  line = epoch_line(caplog, 1e11)
+  assert "MFU 10.0% (25.0% of measured peak)" in line, line
+  # A device kind without a known peak: the measured rate alone, and it says so.
+  caplog.clear()
+  line = epoch_line(caplog, None)
+  assert "MFU 25.0% of measured peak |" in line, line
+
+
+def test_epoch_line_gives_the_share_outside_the_steps(caplog):
+  import re
+
+  line = epoch_line(caplog, None)
+  share = float(re.search(r"([\d.]+)% of the epoch outside steps", line).group(1))
+  # The steps took 1 s of the epoch, evaluation, checkpoint and reports next to nothing.
+  assert 0 <= share < 5, line
