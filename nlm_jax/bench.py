@@ -306,6 +306,8 @@ def train_record(name: str, cfg: Config, warmup: int, steps: int) -> dict[str, A
   mesh = train.make_mesh()
   devices = mesh.devices.flat
   platform = devices[0].platform
+  if cfg.precision == "auto":  # as a training command resolves it
+    cfg = dataclasses.replace(cfg, precision="fp32" if platform == "cpu" else "bf16")
   key = jax.random.key(1)
   requested_batch = cfg.batch_size
   cfg, state, lowered, compiled, compile_s = compile_fitting(cfg, mesh)
