@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The one prepared accelerator check: every figure a GPU or TPU run should give.
 #   bash launch/device_check.sh [OUT_DIR [--deadline_s=S --step_timeout_s=T --only=...]]
+#   bash launch/device_check.sh OUT_DIR --lncrnapy DIR [--lncrnapy_python PY]   # beside lncRNA-Py
+# --lncrnapy: lncRNA-Py's checkout (the folder that holds lncrnapy/); --lncrnapy_python: the
+# Python that has torch and lncRNA-Py's requirements (default: the one that runs the check).
 # Hardware: one GPU or TPU (BERT-base sizes), or any CPU (tiny sizes: the same steps, so
 # the check never rots).
 # Expect: one JSON line per result on stdout as each step ends (also appended to
@@ -9,6 +12,21 @@
 # steps are budgeted to end within 8 minutes on one H100. nlm_jax/device_check.py says
 # what each step measures.
 set -uo pipefail
+# Paths given relative to the caller's folder stay so after the cd below.
+# (A Python given by its name alone, e.g. python3, is looked up on the PATH.)
+args=()
+folder() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+program() { case "$1" in /*|"") echo "$1" ;; */*) echo "$PWD/$1" ;; *) echo "$1" ;; esac; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --lncrnapy) args+=("--lncrnapy=$(folder "${2-}")"); shift; [ $# -gt 0 ] && shift ;;
+    --lncrnapy=*) args+=("--lncrnapy=$(folder "${1#*=}")"); shift ;;
+    --lncrnapy_python) args+=("--lncrnapy_python=$(program "${2-}")"); shift; [ $# -gt 0 ] && shift ;;
+    --lncrnapy_python=*) args+=("--lncrnapy_python=$(program "${1#*=}")"); shift ;;
+    *) args+=("$1"); shift ;;
+  esac
+done
+set -- "${args[@]+"${args[@]}"}"
 cd "$(dirname "$0")/.."
 python=python3
 [ -x .venv/bin/python ] && python=.venv/bin/python

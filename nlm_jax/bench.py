@@ -4,6 +4,7 @@ r"""Throughput benchmark: train step, matmul peak, host sampler and FASTA stream
   .venv/bin/python -m nlm_jax.bench --configs=demo_conv --steps=20
   .venv/bin/python -m nlm_jax.bench --configs=e2e,e2e_system,e2e_one_device   # the whole command
   .venv/bin/python -m nlm_jax.bench --configs=fasta --fasta_gb=4   # a 4 GB FASTA file
+  .venv/bin/python -m nlm_jax.bench --lncrnapy=../lncRNA-Py --lncrnapy_python=PY   # beside lncRNA-Py
 
 stdout holds one JSON line per configuration (progress goes to stderr), so `... | tee bench.jsonl` keeps a machine-readable record.
 All figures come from one process on one machine: compare lines of one run, not runs.
@@ -87,6 +88,20 @@ one CPU device per core. Fields:
   train_real_nucleotides_per_s: the last epoch's nucleotides of real sequence per second
     of training (padding excluded); accuracy_valid: the last epoch's Accuracy|valid.
 
+One epoch at the defaults ("kind": "epoch", configuration epoch): the pre-training command
+with the e2e command's model and otherwise lncRNA-Py's defaults (10,000 samples an epoch,
+evaluation on 2,500 training and 2,500 validation rows) for one epoch on the synthetic demo
+data (3,000 training and 2,500 validation sequences), and how its wall time splits:
+  flags, steps, epoch_s (the training loop), train_s (the training steps), eval_s,
+  checkpoint_s (dispatching the asynchronous save), report_s (history.csv, plots,
+  TensorBoard, the log line), outside_steps_share (1 - train_s / epoch_s, as the epoch's
+  log line gives it), eval_rows (rows of an evaluation batch), run_s (the training loop
+  with the wait for the last save to be written at the end of the run).
+
+lncRNA-Py side by side ("kind": "peer", configuration peer, the default's first when
+--lncrnapy is given): its own pre-training step and nlm_jax's at the same configuration in
+one run, one line per batch size (bench_peer.py says every field).
+
 The FASTA line ("kind": "fasta", configuration fasta): opening a large FASTA file the
 first time and later, beside pyfastx's index build, sampling from it and the pre-training
 command on it (bench_fasta.py says every field).
@@ -143,14 +158,22 @@ E2E_FLAGS = ("--d_model=128", "--N=2", "--n_kernels=128", "--kernel_size=9",
              "--context_length=256", "--batch_size=8", "--epochs=3", "--n_samples_per_epoch=400",
              "--warmup_steps=100", "--seed=0")
 E2E_SPLIT = (2186, 500)
-E2E_CONFIGS = ("e2e", "e2e_system", "e2e_one_device")
+E2E_CONFIGS = ("e2e", "e2e_system", "e2e_one_device", "epoch")
+# One epoch at lncRNA-Py's defaults of sampling and evaluation, the e2e command's model.
+EPOCH_FLAGS = ("--d_model=128", "--N=2", "--n_kernels=128", "--kernel_size=9",
+               "--context_length=256", "--batch_size=8", "--epochs=1", "--seed=0")
+EPOCH_DATA = (3000, 2500)
 FASTA_CONFIGS = ("fasta",)
-ALL_CONFIGS = (*CONFIGS, *E2E_CONFIGS, *FASTA_CONFIGS)
+ALL_CONFIGS = ("peer", *CONFIGS, *E2E_CONFIGS, *FASTA_CONFIGS)
 # The GENCODE lncRNAs of the shared data folder next to a checkout, when present.
 GENCODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
                        "gencode_human_lncrna.fasta")
 _FINISHED_RE = re.compile(r"training finished in ([\d.]+) s \(training ([\d.]+) s, evaluation "
                           r"([\d.]+) s")
+_SPLIT_RE = re.compile(r"evaluation ([\d.]+) s, checkpoints ([\d.]+) s, reports ([\d.]+) s")
+_OUTSIDE_RE = re.compile(r"([\d.]+)% of the epoch outside steps")
+_STEPS_RE = re.compile(r"; (\d+) steps per epoch")
+_EVAL_ROWS_RE = re.compile(r"evaluation batches of (\d+) rows")
 _REAL_NT_RE = re.compile(r"([\d.e+]+) real nt/s")
 _ALLOCATOR_RE = re.compile(r"(malloc: [^;]+);")
 _ACCURACY_RE = re.compile(r"Accuracy\|valid ([\d.]+)")
@@ -158,8 +181,14 @@ _DEVICES_RE = re.compile(r"(\d+) devices \((\w+)\)")
 DEFAULT_STEPS = {"demo_conv": (3, 20), "base_conv": (1, 2), "base_kmer": (1, 2),
                  "demo_kmer": (3, 20), "gencode_conv": (2, 10), "gencode_conv_packed": (2, 10)}
 
-_CONFIGS = flags.DEFINE_list("configs", list(ALL_CONFIGS),
-                             f"Configurations to run, of {', '.join(ALL_CONFIGS)}.")
+_CONFIGS = flags.DEFINE_list("configs", [c for c in ALL_CONFIGS if c != "peer"],
+                             f"Configurations to run, of {', '.join(ALL_CONFIGS)} (default: all; "
+                             "peer only with --lncrnapy).")
+_LNCRNAPY = flags.DEFINE_string("lncrnapy", None, "lncRNA-Py's checkout (the folder that holds "
+                                "lncrnapy/): configuration peer times its pre-training step beside "
+                                "nlm_jax's.")
+_LNCRNAPY_PYTHON = flags.DEFINE_string("lncrnapy_python", sys.executable, "The Python that has "
+                                       "PyTorch (and lncRNA-Py's requirements) for --lncrnapy.")
 _STEPS = flags.DEFINE_integer("steps", None, "Timed steps per configuration (default: 20 at demo "
                               "size, 2 at BERT-base).", lower_bound=1)
 _WARMUP = flags.DEFINE_integer("warmup", None, "Untimed steps before timing (default: 3 at demo "
@@ -497,12 +526,45 @@ def e2e_record(name: str, folder: str, train: str, valid: str, source: str, cach
   }
 
 
+def epoch_record(folder: str, model_flags: tuple[str, ...] = EPOCH_FLAGS,
+                 data: tuple[int, int] = EPOCH_DATA) -> dict[str, Any]:
+  """One epoch of the pre-training command (a subprocess) and the split of its wall time
+  into training steps, evaluation, checkpoint and reports, from its log."""
+  from nlm_jax import synthetic  # here: its flags are not the bench's
+
+  data_dir = os.path.join(folder, f"epoch_data_{data[0]}_{data[1]}")
+  train, valid = (os.path.join(data_dir, f) for f in ("train.fasta", "valid.fasta"))
+  if not os.path.exists(train):
+    synthetic.write_demo(data_dir, *data)
+  run_dir = os.path.join(folder, "run_epoch")
+  shutil.rmtree(run_dir, ignore_errors=True)
+  cmd = [sys.executable, "-m", "nlm_jax.pretrain", train, valid, *model_flags,
+         f"--model_dir={run_dir}/models", f"--results_dir={run_dir}/results",
+         f"--compilation_cache={os.path.join(folder, 'cache_epoch')}"]
+  log_text, _, _, _ = run_pretrain(cmd, child_env("mimalloc"))
+  loop_s, train_s = (float(x) for x in _FINISHED_RE.search(log_text).group(1, 2))
+  eval_s, checkpoint_s, report_s = (float(x) for x in _SPLIT_RE.search(log_text).groups())
+  return {"kind": "epoch", "config": "epoch", "flags": " ".join(model_flags),
+          "n_train": data[0], "n_valid": data[1],
+          "steps": int(_STEPS_RE.search(log_text).group(1)),
+          "eval_rows": int(_EVAL_ROWS_RE.search(log_text).group(1)),
+          "epoch_s": train_s + eval_s + checkpoint_s + report_s, "train_s": train_s,
+          "eval_s": eval_s, "checkpoint_s": checkpoint_s, "report_s": report_s,
+          "outside_steps_share": float(_OUTSIDE_RE.findall(log_text)[-1]) / 100,
+          "run_s": loop_s}
+
+
 def e2e_records(folder: str, configs: list[str]) -> None:
-  """Emits the e2e lines: with mimalloc in a cold then a warm compilation cache, and with the
-  system's malloc (cold), each in a fresh model folder."""
-  train, valid, source = e2e_data(folder)
-  log(f"the whole pre-training command on {source} data ({E2E_SPLIT[0]:,} / {E2E_SPLIT[1]:,}), "
-      f"{' '.join([*E2E_FLAGS, *_E2E_FLAGS.value])}")
+  """Emits the epoch line, then the e2e lines: with mimalloc in a cold then a warm compilation
+  cache, and with the system's malloc (cold), each in a fresh model folder."""
+  if "epoch" in configs:
+    log(f"one epoch at the defaults: {' '.join(EPOCH_FLAGS)}, {EPOCH_DATA[0]:,} / "
+        f"{EPOCH_DATA[1]:,} synthetic sequences")
+    record = epoch_record(folder)
+    log(f"  {record['epoch_s']:.1f} s: steps {record['train_s']:.1f} s, evaluation "
+        f"{record['eval_s']:.1f} s, checkpoint {record['checkpoint_s']:.1f} s, reports "
+        f"{record['report_s']:.1f} s: {100 * record['outside_steps_share']:.1f}% outside steps")
+    emit(record)
   runs = []
   if "e2e" in configs:
     runs += [("e2e", "cache_mimalloc", "cold", "mimalloc", ()),
@@ -512,6 +574,11 @@ def e2e_records(folder: str, configs: list[str]) -> None:
   if "e2e_one_device" in configs:
     runs += [("e2e_one_device", "cache_one_device", "cold", "mimalloc", ("--cpu_devices=1",)),
              ("e2e_one_device", "cache_one_device", "warm", "mimalloc", ("--cpu_devices=1",))]
+  if not runs:
+    return
+  train, valid, source = e2e_data(folder)
+  log(f"the whole pre-training command on {source} data ({E2E_SPLIT[0]:,} / {E2E_SPLIT[1]:,}), "
+      f"{' '.join([*E2E_FLAGS, *_E2E_FLAGS.value])}")
   for name, cache_name, cache_state, choice, extra in runs:
     cache = os.path.join(folder, cache_name)
     if cache_state == "cold":
@@ -528,10 +595,13 @@ def e2e_records(folder: str, configs: list[str]) -> None:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  unknown = [c for c in _CONFIGS.value if c not in ALL_CONFIGS]
+  configs = _CONFIGS.value
+  unknown = [c for c in configs if c not in ALL_CONFIGS]
   if unknown:
     raise app.UsageError(f"unknown --configs {', '.join(unknown)}: choose from "
                          f"{', '.join(ALL_CONFIGS)}")
+  if _LNCRNAPY.value and not flags.FLAGS["configs"].present:
+    configs = ["peer", *configs]
   # A terminated bench still removes its temporary folder (and a large FASTA in it).
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
   own_dir = _BENCH_DIR.value is None
@@ -539,7 +609,16 @@ def main(argv: list[str]) -> None:
   os.makedirs(folder, exist_ok=True)
   start = time.perf_counter()
   try:
-    if any(c in CONFIGS for c in _CONFIGS.value):
+    if "peer" in configs:  # first: lncRNA-Py needs the GPU's memory before JAX takes it
+      import jax
+
+      from nlm_jax import bench_peer
+
+      size = "cpu" if jax.default_backend() == "cpu" else "accelerator"
+      for record in bench_peer.records(e2e_data(folder), size, _LNCRNAPY.value,
+                                       _LNCRNAPY_PYTHON.value, train_record, log):
+        emit(record)
+    if any(c in CONFIGS for c in configs):
       demo = os.path.join(folder, "demo")
       train_fa, valid_fa = (os.path.join(demo, f) for f in ("train.fasta", "valid.fasta"))
       if not os.path.exists(train_fa):
@@ -548,7 +627,7 @@ def main(argv: list[str]) -> None:
         log(f"writing the demo data to {demo}")
         synthetic.write_demo(demo, 3000, 500)
       lines = {}
-      for name in (c for c in _CONFIGS.value if c in CONFIGS):
+      for name in (c for c in configs if c in CONFIGS):
         warmup, steps = DEFAULT_STEPS[name]
         warmup = warmup if _WARMUP.value is None else _WARMUP.value
         steps = steps if _STEPS.value is None else _STEPS.value
@@ -566,9 +645,9 @@ def main(argv: list[str]) -> None:
           emit({"kind": "train", "config": name, "error": f"skipped: {e}"})
       if "gencode_conv" in lines and "gencode_conv_packed" in lines:
         emit(packing_record(lines["gencode_conv"], lines["gencode_conv_packed"]))
-    if any(c in E2E_CONFIGS for c in _CONFIGS.value):
-      e2e_records(folder, _CONFIGS.value)
-    if "fasta" in _CONFIGS.value and _FASTA_GB.value > 0:
+    if any(c in E2E_CONFIGS for c in configs):
+      e2e_records(folder, configs)
+    if "fasta" in configs and _FASTA_GB.value > 0:
       from nlm_jax import bench_fasta
 
       emit(bench_fasta.record(folder, _FASTA_GB.value, _FASTA_GZIP_GB.value, _STREAM_S.value,

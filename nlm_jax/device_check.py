@@ -35,6 +35,16 @@ Steps:
                    share of a row, MFU and MFU of real work, and the packing line that
                    compares them (nlm_jax.bench's gencode_conv configurations)
   bench_kmer       the base_kmer line, as bench_conv
+  peer             with --lncrnapy DIR (and --lncrnapy_python, the Python that has torch):
+                   lncRNA-Py's own pre-training step beside nlm_jax's at BERT-base conv,
+                   kernel 9, context 768, batch 8 (with --packing too) and 64, each
+                   program at its default precision: samples/s, real nucleotides/s, step
+                   time and MFU of each and their ratios (bench_peer.py); without
+                   --lncrnapy a line says it was skipped
+  epoch            one epoch of the pre-training command at BERT-base conv, kernel 9,
+                   context 768, batch 8, with lncRNA-Py's defaults (10,000 samples, 2,500 +
+                   2,500 evaluation rows): the share of its wall time outside the training
+                   steps (evaluation, checkpoint, reports; nlm_jax.bench's epoch line)
 """
 
 from __future__ import annotations
@@ -57,8 +67,10 @@ from absl import flags
 
 from nlm_jax import bench  # its flags (matmul peak size, sampler seconds) are parsed here too
 
-STEPS = ("env", "attention", "bf16_step", "bench_conv", "bench_packed", "longest_context", "demo",
-         "embed", "bench_kmer")
+STEPS = ("env", "attention", "bf16_step", "bench_conv", "peer", "bench_packed", "epoch",
+         "longest_context", "demo", "embed", "bench_kmer")
+# Steps that take longer than --step_timeout_s: this many times it.
+LONG_STEPS = {"longest_context": 3, "peer": 3, "epoch": 2}
 
 _ONLY = flags.DEFINE_list("only", list(STEPS), f"Steps to run, of {', '.join(STEPS)}.")
 _TINY = flags.DEFINE_boolean("tiny", None, "Tiny sizes (default: when there is no accelerator).")
@@ -118,6 +130,11 @@ def out_of_memory(e: BaseException) -> bool:
   text = str(e)
   return any(s in text for s in ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory",
                                  "MemoryError")) or isinstance(e, MemoryError)
+
+
+class StepError(Exception):
+  """A step's answer that is not a crash (bad input, say): its line gives the message
+  alone, without a traceback."""
 
 
 def first_line(e: BaseException) -> str:
@@ -326,6 +343,40 @@ def step_bench_kmer() -> Iterator[dict[str, Any]]:
   yield from bench_lines("base_kmer")
 
 
+def step_peer() -> Iterator[dict[str, Any]]:
+  from nlm_jax import bench_peer
+
+  if not flags.FLAGS.lncrnapy:
+    yield {"skipped": "no --lncrnapy DIR (lncRNA-Py's checkout; --lncrnapy_python: the Python "
+                      "that has torch)"}
+    return
+  tiny = is_tiny()
+  if tiny:
+    flags.FLAGS.peak_n, flags.FLAGS.sampler_s = 256, 0.1
+  with tempfile.TemporaryDirectory() as folder:
+    for record in bench_peer.records(bench.e2e_data(folder), "tiny" if tiny else "accelerator",
+                                     flags.FLAGS.lncrnapy, flags.FLAGS.lncrnapy_python,
+                                     bench.train_record, bench.log):
+      if "config" not in record:  # lncRNA-Py cannot run there: nothing was timed
+        raise StepError(record["error"])
+      yield {k: v for k, v in record.items() if k != "kind"}
+
+
+def step_epoch() -> Iterator[dict[str, Any]]:
+  if is_tiny():
+    model = ("--d_model=16", "--N=1", "--h=2", "--n_kernels=16", "--kernel_size=9",
+             "--context_length=32", "--batch_size=8", "--epochs=1", "--n_samples_per_epoch=400",
+             "--n_eval=200")
+    data = (300, 200)
+  else:
+    model = ("--d_model=768", "--N=12", "--n_kernels=768", "--kernel_size=9",
+             "--context_length=768", "--batch_size=8", "--epochs=1")
+    data = bench.EPOCH_DATA
+  with tempfile.TemporaryDirectory() as folder:
+    record = bench.epoch_record(folder, model, data)
+  yield {k: v for k, v in record.items() if k not in ("kind", "config")}
+
+
 def train_steps(cfg: Any, n: int) -> dict[str, Any]:
   """Compiles cfg's (conv) train step and runs n steps on windows of random nucleotides
   without padding (a fused kernel could skip padded keys), 15% of them targets; returns
@@ -505,8 +556,10 @@ def run_child(name: str) -> int:
         record = {"step": name, **record, "elapsed_s": round(time.perf_counter() - t0, 2)}
       emit(record)
   except Exception as e:  # noqa: BLE001 - reported, and the other steps go on
-    traceback.print_exc()
-    emit({"step": name, "error": first_line(e), "elapsed_s": round(time.perf_counter() - t0, 2)})
+    if not isinstance(e, StepError):
+      traceback.print_exc()
+    emit({"step": name, "error": str(e) if isinstance(e, StepError) else first_line(e),
+          "elapsed_s": round(time.perf_counter() - t0, 2)})
     return 1
   return 0
 
@@ -517,10 +570,13 @@ def run_isolated(name: str, time_left: float) -> int:
   to the --out file's .stderr neighbour."""
   args = [sys.executable, "-m", "nlm_jax.device_check", "--child", f"--only={name}",
           f"--step_timeout_s={_STEP_TIMEOUT.value}", "--isolate"]
+  if name == "peer" and flags.FLAGS.lncrnapy:
+    args += [f"--lncrnapy={flags.FLAGS.lncrnapy}",
+             f"--lncrnapy_python={flags.FLAGS.lncrnapy_python}"]
   if _TINY.value is not None:
     args.append("--tiny" if _TINY.value else "--notiny")
   # The context search runs each of its tries in a process of its own, with this timeout.
-  timeout = min(_STEP_TIMEOUT.value * (3 if name == "longest_context" else 1), time_left)
+  timeout = min(_STEP_TIMEOUT.value * LONG_STEPS.get(name, 1), time_left)
   try:
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -534,8 +534,9 @@ def _compile(cfg: Config, mesh: Mesh, task: tasks_lib.Task,
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
     train_step, eval_step = pool.map(lambda program: program.compile(compiler_options(mesh)),
                                      lowered)
-  log.info("train and eval steps compiled in %.1f s%s", time.perf_counter() - t0,
-           " (from the compilation cache)" if _cache_hits[:1] != hits else "")
+  log.info("train and eval steps compiled in %.1f s%s; evaluation batches of %d rows",
+           time.perf_counter() - t0, " (from the compilation cache)" if _cache_hits[:1] != hits else "",
+           eval_rows)
   return train_step, eval_step, eval_rows
 
 

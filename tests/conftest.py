@@ -203,3 +203,16 @@ def numpy_logits(t, c, x):
   w = t[layer + ".weight"]  # (C, 4, ks)
   out = np.einsum("bpc,coj->bpjo", v, w).reshape(b, -1, 4)
   return out + t[layer + ".bias"]
+
+
+def peer_paths():
+  """(python, checkout): lncRNA-Py and a Python with torch as ../shared/tools/peer_setup.sh
+  makes them ($PEER_HOME, else nlm_jax_peer in the user's cache folder), or a skip."""
+  home = os.environ.get("PEER_HOME") or os.path.join(
+      os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "nlm_jax_peer")
+  python = os.path.join(home, "peer", "bin", "python")
+  checkout = os.path.join(home, "peer", "src", "lncRNA-Py")
+  if not (os.access(python, os.X_OK)
+          and os.path.isfile(os.path.join(checkout, "lncrnapy", "modules", "bert.py"))):
+    pytest.skip(f"lncRNA-Py and a Python with torch are absent from {home}/peer")
+  return python, checkout
