@@ -33,7 +33,10 @@ Fields of a training line ("kind": "train"):
     compiled.memory_analysis().
   warmup_steps, timed_steps: steps run before timing, steps timed.
   step_s: median seconds of a timed step (each ended by jax.block_until_ready);
-    step_s_all: every timed step.
+    step_s_all: every timed step; step_s_pipelined: seconds a step of the same batches
+    run again as the training loop runs them (the next dispatched while one runs, at most
+    two in flight, one wait at the end): below step_s by what the host's dispatch adds to
+    a step timed alone.
   train_samples_per_s: batch_size / step_s; nucleotides_per_sample: the nucleotides of
     one row ((context_length-1)*kernel_size for conv, (context_length-1)*k for k-mers);
     train_nucleotides_per_s: their product.
@@ -87,6 +90,14 @@ one CPU device per core. Fields:
     end of the process).
   train_real_nucleotides_per_s: the last epoch's nucleotides of real sequence per second
     of training (padding excluded); accuracy_valid: the last epoch's Accuracy|valid.
+
+The dropout's random bits ("kind": "dropout", configuration dropout, only when named): the
+train step of BERT-base conv at kernel 9 and context 768 (on CPU with N 2 and batch 8, on an
+accelerator N 12 and batch 64) with its dropout keys drawn by each of JAX's PRNG
+implementations (threefry2x32, which training uses, rbg and unsafe_rbg: XLA's
+RngBitGenerator) and with the encoder's dropout off, side by side in one run:
+  step_s and mfu of each (keys "threefry2x32", "rbg", "unsafe_rbg", "no_dropout"),
+  vs_threefry: each step time over threefry's.
 
 One epoch at the defaults ("kind": "epoch", configuration epoch): the pre-training command
 with the e2e command's model and otherwise lncRNA-Py's defaults (10,000 samples an epoch,
@@ -164,7 +175,8 @@ EPOCH_FLAGS = ("--d_model=128", "--N=2", "--n_kernels=128", "--kernel_size=9",
                "--context_length=256", "--batch_size=8", "--epochs=1", "--seed=0")
 EPOCH_DATA = (3000, 2500)
 FASTA_CONFIGS = ("fasta",)
-ALL_CONFIGS = ("peer", *CONFIGS, *E2E_CONFIGS, *FASTA_CONFIGS)
+ALL_CONFIGS = ("peer", *CONFIGS, "dropout", *E2E_CONFIGS, *FASTA_CONFIGS)
+PRNGS = ("threefry2x32", "rbg", "unsafe_rbg")
 # The GENCODE lncRNAs of the shared data folder next to a checkout, when present.
 GENCODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
                        "gencode_human_lncrna.fasta")
@@ -181,9 +193,9 @@ _DEVICES_RE = re.compile(r"(\d+) devices \((\w+)\)")
 DEFAULT_STEPS = {"demo_conv": (3, 20), "base_conv": (1, 2), "base_kmer": (1, 2),
                  "demo_kmer": (3, 20), "gencode_conv": (2, 10), "gencode_conv_packed": (2, 10)}
 
-_CONFIGS = flags.DEFINE_list("configs", [c for c in ALL_CONFIGS if c != "peer"],
-                             f"Configurations to run, of {', '.join(ALL_CONFIGS)} (default: all; "
-                             "peer only with --lncrnapy).")
+_CONFIGS = flags.DEFINE_list("configs", [c for c in ALL_CONFIGS if c not in ("peer", "dropout")],
+                             f"Configurations to run, of {', '.join(ALL_CONFIGS)} (default: all "
+                             "but dropout; peer only with --lncrnapy).")
 _LNCRNAPY = flags.DEFINE_string("lncrnapy", None, "lncRNA-Py's checkout (the folder that holds "
                                 "lncrnapy/): configuration peer times its pre-training step beside "
                                 "nlm_jax's.")
@@ -286,7 +298,7 @@ def available_host_bytes() -> int | None:
   return None
 
 
-def compile_fitting(cfg: Config, mesh: Any) -> tuple[Config, Any, Any, Any, float]:
+def compile_fitting(cfg: Config, mesh: Any, key: Any) -> tuple[Config, Any, Any, Any, float]:
   """Initialises the state and compiles the train step of `cfg`; on CPU with --fit_memory,
   halves the batch while the step's outputs and temporaries would need more than 85% of
   the host's available memory (XLA's CPU temporaries can exceed it, and then the kernel
@@ -305,7 +317,7 @@ def compile_fitting(cfg: Config, mesh: Any) -> tuple[Config, Any, Any, Any, floa
     state = train.init_state(cfg, mesh, jax.random.key(cfg.seed))
     t0 = time.perf_counter()
     lowered = train.make_train_step(cfg, mesh).lower(
-        state, batch, jax.random.key(1))
+        state, batch, key)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
     need, available = step_memory_bytes(compiled), available_host_bytes()
@@ -323,9 +335,11 @@ def compile_fitting(cfg: Config, mesh: Any) -> tuple[Config, Any, Any, Any, floa
     cfg = dataclasses.replace(cfg, batch_size=half)
 
 
-def train_record(name: str, cfg: Config, warmup: int, steps: int) -> dict[str, Any]:
+def train_record(name: str, cfg: Config, warmup: int, steps: int,
+                 prng: str = "threefry2x32") -> dict[str, Any]:
   """Compiles, warms up and times the train step of `cfg`, then measures the matmul peak
-  (right after, so that a shared host's load weighs on both alike) and the sampler."""
+  (right after, so that a shared host's load weighs on both alike) and the sampler.
+  prng: the JAX PRNG implementation of the dropout key (training draws threefry keys)."""
   import jax
 
   from nlm_jax import flops as flops_lib
@@ -337,9 +351,9 @@ def train_record(name: str, cfg: Config, warmup: int, steps: int) -> dict[str, A
   platform = devices[0].platform
   if cfg.precision == "auto":  # as a training command resolves it
     cfg = dataclasses.replace(cfg, precision="fp32" if platform == "cpu" else "bf16")
-  key = jax.random.key(1)
+  key = jax.random.key(1, impl=prng)
   requested_batch = cfg.batch_size
-  cfg, state, lowered, compiled, compile_s = compile_fitting(cfg, mesh)
+  cfg, state, lowered, compiled, compile_s = compile_fitting(cfg, mesh, key)
   dtype = compute_dtype(lowered.as_text())
   memory = step_memory_bytes(compiled)
   sampler = sampler_lib.TrainSampler(fasta_lib.Fasta(cfg.train_path), cfg,
@@ -365,7 +379,18 @@ def train_record(name: str, cfg: Config, warmup: int, steps: int) -> dict[str, A
       times.append(time.perf_counter() - t0)
     log(f"  step {i + 1}/{len(batches)}{' (warm-up)' if i < warmup else ''}: "
         f"{time.perf_counter() - t0:.3f} s")
-  del state, batches
+  # As the training loop runs them: each step dispatched while the one before it runs (at
+  # most two in flight), one wait at the end. Where a step is short, step_s (one step from
+  # dispatch to result) also holds the host's dispatch, which the loop hides.
+  outputs = []
+  t0 = time.perf_counter()
+  for batch in batches[warmup:]:
+    state, metrics = compiled(state, batch, key)
+    outputs.append(metrics)
+    train.wait_for_previous(outputs)
+  jax.block_until_ready((state, metrics))
+  step_s_pipelined = (time.perf_counter() - t0) / steps
+  del state, batches, outputs
   step_s = statistics.median(times)
 
   tokens = cfg.batch_size * cfg.context_length
@@ -400,6 +425,7 @@ def train_record(name: str, cfg: Config, warmup: int, steps: int) -> dict[str, A
       "precision": cfg.precision, "remat": cfg.remat, "compute_dtype": dtype, "compile_s": compile_s,
       "step_memory_bytes": memory,
       "warmup_steps": warmup, "timed_steps": steps, "step_s": step_s, "step_s_all": times,
+      "step_s_pipelined": step_s_pipelined,
       "train_samples_per_s": train_per_s, "nucleotides_per_sample": nucs,
       "train_nucleotides_per_s": train_per_s * nucs,
       "flops_per_step": flops, "flops_source": source, "flops_per_step_6nd": flops_6nd,
@@ -412,6 +438,29 @@ def train_record(name: str, cfg: Config, warmup: int, steps: int) -> dict[str, A
       "sequences_per_s": sequences_per_step / step_s,
       "mfu_real": achieved / peak.flops_per_s * real_fraction,
   }
+
+
+def dropout_record(cfg: Config, warmup: int, steps: int) -> dict[str, Any]:
+  """The train step of `cfg` with dropout keys of each PRNG implementation and without the
+  encoder's dropout, one after another in this process ("kind": "dropout")."""
+  lines = {prng: train_record(f"dropout_{prng}", cfg, warmup, steps, prng) for prng in PRNGS}
+  lines["no_dropout"] = train_record("dropout_none", dataclasses.replace(cfg, encoder_dropout=0.0),
+                                     warmup, steps)
+  base = lines["threefry2x32"]
+  record = {"kind": "dropout", "config": "dropout", "d_model": cfg.d_model, "N": cfg.N,
+            "context_length": cfg.context_length, "batch_size": base["batch_size"],
+            "compute_dtype": base["compute_dtype"],
+            "step_s": {k: r["step_s"] for k, r in lines.items()},
+            "mfu": {k: r["mfu"] for k, r in lines.items()},
+            "vs_threefry": {k: r["step_s"] / base["step_s"] for k, r in lines.items()}}
+  log("  dropout: " + ", ".join(f"{k} {v:.3f}x" for k, v in record["vs_threefry"].items())
+      + " of threefry's step time")
+  return record
+
+
+def dropout_config(on_cpu: bool) -> dict[str, Any]:
+  """The dropout configuration: BERT-base conv at kernel 9 (N 2 and batch 8 on CPU)."""
+  return dict(BASE, kernel_size=9, remat="none", **(dict(N=2) if on_cpu else dict(batch_size=64)))
 
 
 def packing_record(plain: dict[str, Any], packed: dict[str, Any]) -> dict[str, Any]:
@@ -645,6 +694,22 @@ def main(argv: list[str]) -> None:
           emit({"kind": "train", "config": name, "error": f"skipped: {e}"})
       if "gencode_conv" in lines and "gencode_conv_packed" in lines:
         emit(packing_record(lines["gencode_conv"], lines["gencode_conv_packed"]))
+    if "dropout" in configs:
+      import jax
+
+      on_cpu = jax.default_backend() == "cpu"
+      demo = os.path.join(folder, "demo")
+      if not os.path.exists(os.path.join(demo, "train.fasta")):
+        from nlm_jax import synthetic
+
+        synthetic.write_demo(demo, 3000, 500)
+      cfg = Config(os.path.join(demo, "train.fasta"), os.path.join(demo, "valid.fasta"),
+                   precision=_PRECISION.value, **dropout_config(on_cpu)).validate()
+      warmup = 1 if _WARMUP.value is None else _WARMUP.value
+      steps = (3 if on_cpu else 10) if _STEPS.value is None else _STEPS.value
+      log(f"dropout: d_model {cfg.d_model}, N {cfg.N}, batch {cfg.batch_size}; PRNGs {PRNGS} "
+          "and no dropout")
+      emit(dropout_record(cfg, warmup, steps))
     if any(c in E2E_CONFIGS for c in configs):
       e2e_records(folder, configs)
     if "fasta" in configs and _FASTA_GB.value > 0:

@@ -14,9 +14,9 @@ nlm_jax: on a GPU JAX takes most of its memory at its first allocation.
 
 Fields: config, batch_size, context_length, d_model, N, kernel_size, data (gencode or
 generated: bench.e2e_data's training file);
-  nlm_jax, nlm_jax_packed (batch 8): step_s, samples_per_s, sequences_per_s,
-    real_nucleotides_per_s, real_fraction, compute_dtype, n_params, sampler_vs_train,
-    step_memory_bytes, and mfu: the model's FLOPs (model.train_flops, PaLM's count, the
+  nlm_jax, nlm_jax_packed (batch 8): step_s (step_s_pipelined: bench.py), samples_per_s,
+    sequences_per_s, real_nucleotides_per_s, real_fraction, compute_dtype, n_params,
+    sampler_vs_train, step_memory_bytes, and mfu: the model's FLOPs (model.train_flops, PaLM's count, the
     same for both programs) per second over the chip's dense peak (peak_source; the
     measured matmul rate where the chip is unknown), mfu_of_measured_peak beside it;
   lncrnapy: peer.py's line (step_s, samples_per_s, real_nucleotides_per_s, real_fraction
@@ -53,7 +53,7 @@ SIZES = {
     "tiny": ("tiny_conv", dict(encoding_method="conv", d_model=16, N=1, h=2, n_kernels=16,
                                kernel_size=9, context_length=64), (8, 16), 1, 2),
 }
-NLM_KEYS = ("step_s", "train_samples_per_s", "sequences_per_s", "real_nucleotides_per_s",
+NLM_KEYS = ("step_s", "step_s_pipelined", "train_samples_per_s", "sequences_per_s", "real_nucleotides_per_s",
             "real_fraction", "compute_dtype", "n_params", "peak_source", "sampler_vs_train",
             "step_memory_bytes")
 

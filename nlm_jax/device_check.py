@@ -41,6 +41,9 @@ Steps:
                    program at its default precision: samples/s, real nucleotides/s, step
                    time and MFU of each and their ratios (bench_peer.py); without
                    --lncrnapy a line says it was skipped
+  dropout          the dropout's random bits: BERT-base conv (kernel 9, context 768) bf16
+                   train step at batch 64 with dropout keys of threefry2x32 (training's),
+                   rbg and unsafe_rbg, and without dropout (nlm_jax.bench's dropout line)
   epoch            one epoch of the pre-training command at BERT-base conv, kernel 9,
                    context 768, batch 8, with lncRNA-Py's defaults (10,000 samples, 2,500 +
                    2,500 evaluation rows): the share of its wall time outside the training
@@ -68,9 +71,9 @@ from absl import flags
 from nlm_jax import bench  # its flags (matmul peak size, sampler seconds) are parsed here too
 
 STEPS = ("env", "attention", "bf16_step", "bench_conv", "peer", "bench_packed", "epoch",
-         "longest_context", "demo", "embed", "bench_kmer")
+         "longest_context", "demo", "embed", "bench_kmer", "dropout")
 # Steps that take longer than --step_timeout_s: this many times it.
-LONG_STEPS = {"longest_context": 3, "peer": 3, "epoch": 2}
+LONG_STEPS = {"longest_context": 3, "peer": 3, "epoch": 2, "dropout": 2}
 
 _ONLY = flags.DEFINE_list("only", list(STEPS), f"Steps to run, of {', '.join(STEPS)}.")
 _TINY = flags.DEFINE_boolean("tiny", None, "Tiny sizes (default: when there is no accelerator).")
@@ -306,7 +309,8 @@ def bench_lines(name: str) -> Iterator[dict[str, Any]]:
         continue
       fitted = batch != 8
       keep = ("config", "batch_size", "precision", "compute_dtype", "remat", "compile_s",
-              "step_memory_bytes", "step_s", "train_samples_per_s", "train_nucleotides_per_s",
+              "step_memory_bytes", "step_s", "step_s_pipelined", "train_samples_per_s",
+              "train_nucleotides_per_s",
               "flops_per_step", "flops_source", "mfu", "peak_flops_per_s", "peak_source",
               "mfu_of_measured_peak", "measured_peak_flops_per_s", "devices")
       yield {"fits": True, **{k: record.get(k) for k in keep}}
@@ -360,6 +364,20 @@ def step_peer() -> Iterator[dict[str, Any]]:
       if "config" not in record:  # lncRNA-Py cannot run there: nothing was timed
         raise StepError(record["error"])
       yield {k: v for k, v in record.items() if k != "kind"}
+
+
+def step_dropout() -> Iterator[dict[str, Any]]:
+  from nlm_jax.config import Config
+
+  tiny = is_tiny()
+  if tiny:
+    flags.FLAGS.peak_n, flags.FLAGS.sampler_s = 256, 0.1
+  kw = (dict(base(), context_length=16, N=1, batch_size=8) if tiny
+        else bench.dropout_config(on_cpu=False))
+  with tempfile.TemporaryDirectory() as folder:
+    cfg = Config(*demo_data(folder, 300, 50), **dict(kw, precision="bf16")).validate()
+    record = bench.dropout_record(cfg, 1, 2 if tiny else 10)
+  yield {k: v for k, v in record.items() if k != "kind"}
 
 
 def step_epoch() -> Iterator[dict[str, Any]]:

@@ -23,20 +23,20 @@ import jax.numpy as jnp
 # the dense ones, hence the halves. JAX computes float32 dots in TF32 on these GPUs at its
 # default precision, so their float32 peak is TF32's; TPUs compute float32 dots in bf16
 # passes, so they have no float32 entry (the measured rate stands in). First match wins:
-# the PCIe and NVL boards before the SXM one.
+# the PCIe and NVL boards before the SXM one. (A GH200's GPU is no "H200": unknown here.)
 CHIPS: tuple[tuple[str, str, float, float | None], ...] = (
     # https://www.nvidia.com/en-us/data-center/h100/ and the H100 PCIe product brief
     # (PB-11133): BF16 1,979 (SXM), 1,671 (NVL), 1,513 (PCIe) TFLOPS with sparsity; TF32
     # 989, 835, 756. "NVIDIA H100 80GB HBM3" is the SXM board.
-    (r"H100.*PCIe", "H100 PCIe", 1513e12 / 2, 756e12 / 2),
-    (r"H100.*NVL", "H100 NVL", 1671e12 / 2, 835e12 / 2),
-    (r"H100", "H100 SXM", 1979e12 / 2, 989e12 / 2),
+    (r"\bH100\b.*PCIe", "H100 PCIe", 1513e12 / 2, 756e12 / 2),
+    (r"\bH100\b.*NVL", "H100 NVL", 1671e12 / 2, 835e12 / 2),
+    (r"\bH100\b", "H100 SXM", 1979e12 / 2, 989e12 / 2),
     # https://www.nvidia.com/en-us/data-center/h200/: H200 SXM as H100 SXM, H200 NVL 1,671.
-    (r"H200.*NVL", "H200 NVL", 1671e12 / 2, 835e12 / 2),
-    (r"H200", "H200 SXM", 1979e12 / 2, 989e12 / 2),
+    (r"\bH200\b.*NVL", "H200 NVL", 1671e12 / 2, 835e12 / 2),
+    (r"\bH200\b", "H200 SXM", 1979e12 / 2, 989e12 / 2),
     # https://www.nvidia.com/en-us/data-center/a100/: BF16 312 TFLOPS dense (624 with
     # sparsity), TF32 156; the same on the SXM4 and PCIe boards, 40 and 80 GB.
-    (r"A100", "A100", 312e12, 156e12),
+    (r"\bA100\b", "A100", 312e12, 156e12),
     # https://www.nvidia.com/en-us/data-center/l4/: BF16 242, TF32 120 TFLOPS with sparsity.
     (r"\bL4$", "L4", 242e12 / 2, 120e12 / 2),
     # https://cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e: peak compute per chip (bf16).

@@ -10,7 +10,7 @@ import sys
 TRAIN_KEYS = {
     "kind", "config", "encoding_method", "d_model", "N", "context_length", "batch_size",
     "batch_size_requested", "n_params", "devices", "precision", "remat", "compute_dtype", "compile_s",
-    "step_memory_bytes", "warmup_steps", "timed_steps", "step_s", "step_s_all",
+    "step_memory_bytes", "warmup_steps", "timed_steps", "step_s", "step_s_all", "step_s_pipelined",
     "train_samples_per_s", "nucleotides_per_sample", "train_nucleotides_per_s",
     "flops_per_step", "flops_source", "flops_per_step_6nd", "achieved_flops_per_s",
     "peak_flops_per_s", "peak_matmul_n", "peak_matmul_iters", "peak_dtype", "mfu",

@@ -49,6 +49,9 @@ def test_device_check_runs_every_step_at_tiny_sizes(tmp_path):
   assert min(parts) >= 0 and epoch["train_s"] > 0
   assert epoch["outside_steps_share"] == pytest.approx(1 - epoch["train_s"] / epoch["epoch_s"],
                                                        abs=0.02)  # the log's rounding
+  dropout = by_step["dropout"][0]
+  assert set(dropout["step_s"]) == {"threefry2x32", "rbg", "unsafe_rbg", "no_dropout"}
+  assert dropout["vs_threefry"]["threefry2x32"] == 1 and min(dropout["step_s"].values()) > 0
   plain, packed, compared = by_step["bench_packed"]
   assert not plain["packing"] and packed["packing"] and compared["kind"] == "packing"
   assert packed["real_fraction"] > plain["real_fraction"]

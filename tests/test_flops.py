@@ -28,6 +28,7 @@ def test_known_chips_have_their_vendor_dense_peak(kind, dtype, chip, tflops):
 
 @pytest.mark.parametrize("kind, dtype", [
     ("cpu", "float32"), ("NVIDIA L40S", "bfloat16"), ("NVIDIA GeForce RTX 4090", "bfloat16"),
+    ("NVIDIA GH200 480GB", "bfloat16"),
     ("TPU v5 lite", "float32"),  # float32 dots run as bf16 passes there: no single peak
     ("NVIDIA H100 80GB HBM3", "int8")])
 def test_unknown_kinds_and_dtypes_have_none(kind, dtype):
