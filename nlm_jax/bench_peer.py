@@ -97,6 +97,10 @@ def records(fastas: tuple[str, str, str], size: str, lncrnapy: str | None, pytho
   if "error" in check:
     yield {"kind": "peer", "error": check["error"]}
     return
+  if size == "accelerator" and check["device"] == "cpu":
+    yield {"kind": "peer", "error": f"{python}'s torch sees no GPU (device cpu): give "
+                                    "--lncrnapy_python a Python with a CUDA build of torch"}
+    return
   log(f"peer: lncRNA-Py at {check['lncrnapy']} (torch {check['torch']}, {check['device']}), "
       f"{name}, batches {batches}")
   train, valid, source = fastas

@@ -111,3 +111,16 @@ def test_without_lncrnapy_the_step_is_skipped_and_the_bench_says_so(tmp_path):
   assert out.returncode == 0, out.stderr[-2000:]
   (line,) = (json.loads(l) for l in out.stdout.splitlines())
   assert line["kind"] == "peer" and line["error"].startswith("no --lncrnapy: give lncRNA-Py's")
+
+
+def test_a_torch_without_gpu_is_refused_at_accelerator_sizes():
+  # BERT-base on a CPU torch beside nlm_jax on a GPU would compare nothing (and take an hour).
+  from nlm_jax import bench_peer
+
+  python, checkout = peer_paths()
+  if bench_peer.call_peer(python, checkout, ["--check"], 120)["device"] != "cpu":
+    pytest.skip("this torch sees a GPU")
+  (line,) = bench_peer.records(("t.fa", "v.fa", "generated"), "accelerator", checkout, python,
+                               train_record=None, log=lambda _: None)
+  assert line == {"kind": "peer", "error": f"{python}'s torch sees no GPU (device cpu): give "
+                                           "--lncrnapy_python a Python with a CUDA build of torch"}
