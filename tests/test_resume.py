@@ -257,18 +257,18 @@ def test_one_writer_per_model_folder_and_a_killed_one_leaves_no_lock(tmp_path):
 
   path = str(tmp_path / "M" / "EXP")
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time; from nlm_jax.checkpoint import RunLock; "
-       "RunLock(sys.argv[1]); print('locked', flush=True); time.sleep(120)", path],
+      [sys.executable, "-c", "import sys, time; from nlm_jax.checkpoint import lock_folder; "
+       "lock_folder(sys.argv[1]); print('locked', flush=True); time.sleep(120)", path],
       stdout=subprocess.PIPE, text=True, env=env())
   try:
     assert holder.stdout.readline().strip() == "locked"
     with pytest.raises(UserError, match=f"in use by process {holder.pid} on "):
-      checkpoint.RunLock(path)
+      checkpoint.lock_folder(path)
   finally:
     holder.kill()
     holder.wait()
   assert os.path.exists(path + ".lock")  # SIGKILL: the file stays, the lock does not
-  lock = checkpoint.RunLock(path)
+  lock = checkpoint.lock_folder(path)
   with open(path + ".lock") as f:
     assert f.read() == f"process {os.getpid()} on {os.uname().nodename}"
   lock.release()

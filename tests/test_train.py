@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from conftest import numpy_logits, random_seqs, write_fasta
-from nlm_jax import checkpoint, export, fasta as fasta_lib, folders, history, model as model_lib
+from nlm_jax import checkpoint, fasta as fasta_lib, folders, history, layout, model as model_lib
 from nlm_jax import sampler, synthetic, tasks, train
 from nlm_jax.config import Config
 
@@ -219,7 +219,7 @@ def test_one_step_matches_a_numpy_reference(tmp_path):
                                               jax.random.key(1))
   after = jax.device_get(state.params)
 
-  logits = numpy_logits(export.to_tensors(cfg, before), folders.lncrnapy_config(cfg),
+  logits = numpy_logits(layout.to_tensors(cfg, before), folders.lncrnapy_config(cfg),
                         batch["inputs"]).astype(np.float64)
   logp = logits - logits.max(-1, keepdims=True)
   logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
