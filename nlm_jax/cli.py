@@ -164,15 +164,16 @@ MIN_OPEN_FILES = 256
 
 
 def check_limits() -> None:
-  """The process's resource limits, before a command starts: soft limits are raised to
-  the hard ones (any process may), a hard limit of open files too low for JAX is refused,
-  and a write past the file-size limit fails with EFBIG, which is reported in one line,
-  instead of killing the process (SIGXFSZ)."""
-  for limit in (resource.RLIMIT_NOFILE, resource.RLIMIT_FSIZE):
-    soft, hard = resource.getrlimit(limit)
-    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
-      with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(limit, (hard, hard))
+  """The process's resource limits, before a command starts: a soft limit of open files
+  below MIN_OPEN_FILES is raised towards the hard one (as any process may; the Go runtime
+  does the same), a hard one below it is refused; and a write past the file-size limit
+  (ulimit -f) fails with EFBIG, which one_line_errors names, instead of killing the
+  process (SIGXFSZ)."""
+  soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+  if soft != resource.RLIM_INFINITY and soft < MIN_OPEN_FILES and soft != hard:
+    want = 4096 if hard == resource.RLIM_INFINITY else min(hard, 4096)
+    with contextlib.suppress(ValueError, OSError):
+      resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
   files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
   if files != resource.RLIM_INFINITY and files < MIN_OPEN_FILES:
     raise UserError(f"this process may open only {files} files (ulimit -n {files}); JAX, orbax "
