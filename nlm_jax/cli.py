@@ -146,8 +146,9 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 
 class Interrupted(BaseException):
-  """SIGTERM (or SIGINT) arrived: raised in the main thread, so that every `finally` runs
-  (temporary files are removed, locks released) before the command ends in one line."""
+  """SIGTERM arrived: raised in the main thread, as Ctrl-C raises KeyboardInterrupt, so that
+  every `finally` runs (temporary files are removed, locks released) before the command
+  ends in one line."""
 
   def __init__(self, signum: int):
     super().__init__(signal.Signals(signum).name)
@@ -159,7 +160,7 @@ def _raise_interrupted(signum: int, _) -> None:
 
 
 # Below this many open files JAX's threads, orbax's checkpoints and the FASTA index do not
-# all fit (the README's tiny run needed 48 on 2 cores).
+# all fit (the catalogue's tiny run needed 48 on 2 cores; more cores, more threads).
 MIN_OPEN_FILES = 256
 
 
