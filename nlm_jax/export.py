@@ -100,10 +100,6 @@ def _write(cfg: Config, tensors: dict[str, np.ndarray], folder: str) -> None:
     f.write(cfg.to_json())
   if cfg.encoding_method == "bpe":  # the folder reader found it (its tokenizer.bpe)
     shutil.copyfile(cfg.bpe_path, os.path.join(folder, BPE_FILE))
-  umask = os.umask(0)
-  os.umask(umask)
-  for name in os.listdir(folder):
-    os.chmod(os.path.join(folder, name), 0o666 & ~umask)
 
 
 def main(argv: list[str]) -> None:

@@ -95,6 +95,9 @@ def writing(path: str, check: Callable[[], None], what: str = "OUT", folder: boo
       else:
         tmp = os.path.join(parent, prefix + os.urandom(4).hex())
       yield tmp
+      if folder:  # some writers make private files: the output gets what the umask gives
+        for name in os.listdir(tmp):
+          os.chmod(os.path.join(tmp, name), 0o666 & ~_umask())
       _publish(tmp, path)
     finally:
       lock.release()

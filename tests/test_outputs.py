@@ -72,5 +72,9 @@ def test_a_folder_output_replaces_the_old_one_only_when_whole(tmp_path):
       raise RuntimeError
   assert os.listdir(out) == ["old.txt"] and sorted(os.listdir(tmp_path)) == ["export"]
   with outputs.writing(str(out), lambda: None, "OUT_DIR", folder=True) as tmp:
-    open(os.path.join(tmp, "new.txt"), "w").write("new")
+    os.close(os.open(os.path.join(tmp, "new.txt"), os.O_CREAT | os.O_WRONLY, 0o600))  # private
   assert os.listdir(out) == ["new.txt"] and sorted(os.listdir(tmp_path)) == ["export"]
+  umask = os.umask(0)
+  os.umask(umask)
+  assert os.stat(out).st_mode & 0o777 == 0o777 & ~umask  # as a folder made with os.mkdir
+  assert os.stat(out / "new.txt").st_mode & 0o777 == 0o666 & ~umask
