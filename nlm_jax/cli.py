@@ -36,7 +36,10 @@ def exit_without_collecting() -> None:
 
 
 def fail(prog: str, message: str) -> None:
+  """The one line, and the end: what a library's threads and coroutines still raise while
+  the process exits (orbax's other reads of a damaged checkpoint) is not printed after it."""
   print(f"{prog}: error: {message}", file=sys.stderr)
+  sys.unraisablehook = threading.excepthook = lambda _: None
   sys.exit(2)
 
 
