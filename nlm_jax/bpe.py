@@ -23,6 +23,7 @@ from absl import flags
 from nlm_jax import cli
 from nlm_jax import config
 from nlm_jax import filecache
+from nlm_jax.config import check_writable
 from nlm_jax.errors import UserError
 
 MAX_SENTENCE = 10_000
@@ -47,26 +48,26 @@ def _texts(path: str, counter: dict[str, int]):
       yield text[start:start + MAX_SENTENCE].decode()
 
 
+def _check_out(out_path: str) -> None:
+  if os.path.lexists(out_path):
+    raise UserError(f"{out_path!r} already exists: choose another --bpe_file or delete it.")
+  check_writable(os.path.dirname(os.path.abspath(out_path)), "output", "--bpe_file")
+
+
 def fit(fasta_path: str, vocab_size: int, out_path: str) -> int:
   """Fits and writes the model; returns its vocabulary size."""
   import sentencepiece as spm
 
   from nlm_jax import fasta as fasta_lib
+  from nlm_jax import outputs
 
   if vocab_size < 9:
     raise UserError(f"VOCAB_SIZE {vocab_size} is too small: the 5 special tokens and the 4 "
                     "nucleotides need at least 9 pieces.")
   fa = fasta_lib.Fasta(fasta_path, "the", random_access=False)  # validates: one-line errors
+  fasta_lib.check_alphabet(fa, "the")
   del fa
-  if os.path.exists(out_path):
-    raise UserError(f"{out_path!r} already exists: choose another --bpe_file or delete it.")
-  folder = os.path.dirname(out_path) or "."
-  try:
-    os.makedirs(folder, exist_ok=True)
-  except OSError as e:
-    raise UserError(f"cannot create {folder!r} ({e.strerror}): choose a writable --bpe_file.") from None
-  if not os.access(folder, os.W_OK):
-    raise UserError(f"{folder!r} is not writable: choose a writable --bpe_file.")
+  _check_out(out_path)
 
   counter = {"sequences": 0, "nucleotides": 0}
   model = io.BytesIO()
@@ -98,16 +99,9 @@ def fit(fasta_path: str, vocab_size: int, out_path: str) -> int:
     raise UserError(f"sentencepiece could not fit {fasta_path!r}: {message.splitlines()[0]}") from None
   finally:
     done.set()
-  tmp = out_path + ".tmp"
-  try:
+  with outputs.writing(out_path, lambda: _check_out(out_path), "--bpe_file") as tmp:
     with open(tmp, "wb") as f:
       f.write(model.getvalue())
-    os.replace(tmp, out_path)
-  except OSError as e:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise UserError(f"writing {out_path!r} failed ({e.strerror or e}): free disk space or choose "
-                    "another --bpe_file.") from None
   sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
   print(f"wrote {out_path}: {sp.get_piece_size()} pieces from {counter['sequences']:,} sequences "
         f"({counter['nucleotides']:,} nt) in {time.perf_counter() - start:.1f} s", flush=True)
@@ -120,7 +114,10 @@ def fail(message: str) -> None:
 
 def parse_flags(argv: list[str]) -> list[str]:
   try:
+    cli.check_flagfiles(argv)
     return flags.FLAGS(argv)
+  except UserError as e:
+    fail(str(e))
   except flags.UnrecognizedFlagError as e:
     if e.flagname.isdigit():  # absl reads a negative VOCAB_SIZE ("-3") as a flag
       fail(f"VOCAB_SIZE must be a positive whole number, got -{e.flagname}.")
@@ -136,13 +133,13 @@ def main(argv: list[str]) -> None:
     vocab_size = int(argv[2])
   except ValueError:
     fail(f"VOCAB_SIZE must be a whole number, got {argv[2]!r}.")
-  filecache.use_folder(_FASTA_INDEX.value)
-  under = lambda p: os.path.join(_DATA_DIR.value, p) if _DATA_DIR.value else p
-  out = under(_BPE_FILE.value or os.path.join("features", f"{vocab_size}.bpe"))
-  try:
-    fit(under(argv[1]), vocab_size, out)
-  except UserError as e:
-    fail(str(e))
+  with cli.one_line_errors("nlm_jax.bpe"):
+    filecache.use_folder(_FASTA_INDEX.value)
+    under = lambda p: os.path.join(_DATA_DIR.value, p) if _DATA_DIR.value else p
+    fasta = under(argv[1])
+    if _DATA_DIR.value and not os.path.lexists(fasta):
+      raise UserError(f"FASTA {fasta!r} does not exist: check the path and --data_dir.")
+    fit(fasta, vocab_size, under(_BPE_FILE.value or os.path.join("features", f"{vocab_size}.bpe")))
 
 
 if __name__ == "__main__":

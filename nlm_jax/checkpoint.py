@@ -22,14 +22,11 @@ renames it when complete: a killed save leaves no half checkpoint behind.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import shutil
-import socket
 import time
 from typing import Any
 
@@ -39,7 +36,9 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
+from nlm_jax import errors
 from nlm_jax import model as model_lib
+from nlm_jax import outputs
 from nlm_jax.config import Config, UserError
 
 log = logging.getLogger(__name__)  # cli.quiet_libraries keeps nlm_jax's loggers
@@ -194,45 +193,18 @@ def _check_data(path: str, data: dict[str, str]) -> None:
                     "or add --fresh to start anew (the old folder is kept).")
 
 
-class RunLock:
+def lock_folder(path: str) -> outputs.Lock:
   """One writer per model folder: an exclusive flock on `<folder>.lock`, held for the whole
-  run. The OS drops it when the process dies, so a killed run leaves no lock that counts
-  (the file left behind is taken over by the next run)."""
-
-  def __init__(self, path: str):
-    self.file = f"{path}.lock"
-    try:
-      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-      while True:
-        fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-          fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-          holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
-          os.close(fd)
-          raise UserError(f"model folder {path!r} is in use by {holder}, which is writing it: "
-                          "wait until that run ends (or stop it), or choose another "
-                          "--exp_prefix or --model_dir.") from None
-        try:  # the holder before may have removed the file between our open and flock
-          if os.stat(self.file).st_ino == os.fstat(fd).st_ino:
-            break
-        except FileNotFoundError:
-          pass
-        os.close(fd)
-      os.ftruncate(fd, 0)
-      os.write(fd, f"process {os.getpid()} on {socket.gethostname()}".encode())
-    except OSError as e:
-      raise UserError(f"cannot create the model folder {path!r} ({e.strerror or e}): choose "
-                      "a writable --model_dir.") from None
-    self.fd: int | None = fd
-    atexit.register(self.release)  # whatever ends the run, short of a kill
-
-  def release(self) -> None:
-    if self.fd is not None:
-      with contextlib.suppress(OSError):
-        os.unlink(self.file)
-      os.close(self.fd)
-      self.fd = None
+  run (outputs.Lock)."""
+  try:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  except OSError as e:
+    raise UserError(f"cannot create the model folder {path!r} ({e.strerror or e}): choose a "
+                    "writable --model_dir.") from None
+  return outputs.Lock(
+      path, f"model folder {path!r} is in use by {{holder}}, which is writing it: wait until "
+      "that run ends (or stop it), or choose another --exp_prefix or --model_dir.",
+      f"cannot create the model folder {path!r} ({{why}}): choose a writable --model_dir.")
 
 
 class Checkpointer:
@@ -258,13 +230,13 @@ class Checkpointer:
       self._release()
       raise
 
-  def _take_lock(self) -> RunLock | None:
+  def _take_lock(self) -> outputs.Lock | None:
     """Process 0 takes the lock; with several processes all learn whether it could, so
     none is left waiting in a collective for a process that stopped."""
     lock, error = None, None
     if self.is_writer:
       try:
-        lock = RunLock(self.path)
+        lock = lock_folder(self.path)
       except UserError as e:
         error = e
     if jax.process_count() > 1:
@@ -344,8 +316,10 @@ class Checkpointer:
             shutil.rmtree(os.path.join(self.path, name), ignore_errors=True)
       then = ("run the same command to resume from the last checkpoint, which is intact"
               if _steps(self.path) else "run the same command again")
+      cure = (errors.limit_reached(f"{e} {e.__cause__ or e.__context__}")
+              or f"free disk space or fix the folder's permissions, then {then}")
       raise UserError(f"saving a checkpoint in {self.path!r} failed ({str(e).splitlines()[0][:200]}): "
-                      f"free disk space or fix the folder's permissions, then {then}.") from None
+                      f"{cure}.") from None
 
   def restore_latest(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
     """(state, meta) of the newest checkpoint that reads back whole, or None if there is
@@ -393,20 +367,85 @@ class Checkpointer:
       self._release()
 
 
-def restore(path: str) -> tuple[Config, Any]:
-  """(config, params) of the best checkpoint in `path`, from that folder alone."""
-  cfg = load_config(path)
-  manager = _manager(path, read_only=True)
-  step = manager.best_step()
+def restore(path: str, cfg: Config, remedy: str) -> Any:
+  """The parameters of the best checkpoint in the model folder `path`, for the architecture
+  of `cfg` (folders.read_config's), on this process's first device. What stands in the way
+  (no checkpoint, a damaged file, a tensor of another shape than cfg's) is a UserError
+  naming the file and ending in `remedy`."""
+  if not _steps(path):
+    raise UserError(f"{path!r} holds no checkpoint: pass a folder of nlm_jax.pretrain or "
+                    "nlm_jax.finetune after its first epoch.")
+  try:
+    manager = _manager(path, read_only=True)
+  except Exception as e:  # orbax raises many types for damaged files
+    raise UserError(f"the checkpoints in {path!r} cannot be read ({_first_line(e)}): "
+                    f"{remedy}.") from None
+  try:
+    params = _restore_best(manager, path, cfg, remedy)
+  except BaseException:
+    with contextlib.suppress(Exception):  # a failed read may have closed orbax's event loop
+      manager.close()
+    raise
+  manager.close()
+  return params
+
+
+def _restore_best(manager: ocp.CheckpointManager, path: str, cfg: Config, remedy: str) -> Any:
+  try:
+    step = manager.best_step()
+  except Exception as e:
+    raise UserError(f"the checkpoints in {path!r} cannot be read ({_first_line(e)}): "
+                    f"{remedy}.") from None
   if step is None:
-    raise UserError(f"{path!r} holds no checkpoint: pass a folder written by nlm_jax.pretrain.")
-  per_layer = _per_layer(os.path.join(path, str(step)))
+    raise UserError(f"{path!r} holds no checkpoint with a metric: {remedy}.")
+  step_dir = os.path.join(path, str(step))
+  damage = _json_damage(step_dir)
+  if damage:
+    raise UserError(f"checkpoint {step_dir!r} is damaged ({damage}): {remedy}.")
+  per_layer = _per_layer(step_dir)
   # Read onto this process's first device: the run may have saved from another topology
   # (several CPU devices or GPUs), which orbax refuses to take from the metadata.
   here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here),
-                        model_lib.abstract_params(cfg))
-  restored = manager.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(_restore_target(target, per_layer))))
-  manager.close()
-  return cfg, model_lib.stack_blocks(restored["params"])
+  target = _restore_target(jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here),
+      model_lib.abstract_params(cfg)), per_layer)
+  _check_shapes(step_dir, target, remedy)
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
+  except Exception as e:  # a truncated or garbled array file
+    raise UserError(f"checkpoint {step_dir!r} cannot be read ({_first_line(e)}): {remedy}.") from None
+  return model_lib.stack_blocks(restored["params"])
+
+
+def _first_line(e: BaseException) -> str:
+  """What a library's error says first, without tensorstore's dump of its whole spec."""
+  line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+  return line.split(" See full TensorStore details")[0][:200]
+
+
+def _check_shapes(step_dir: str, target: Any, remedy: str) -> None:
+  """The arrays stored in `step_dir`'s params must be those of `target`, shape for shape:
+  else its config.json describes another model (it was edited, or the folder mixed up)."""
+  from etils import epath
+
+  try:
+    stored = ocp.StandardCheckpointHandler().metadata(
+        epath.Path(os.path.abspath(os.path.join(step_dir, "params"))))
+    stored = getattr(stored, "tree", stored)
+  except Exception as e:
+    raise UserError(f"checkpoint {step_dir!r} cannot be read ({_first_line(e)}): {remedy}.") from None
+  have = {"/".join(str(k.key) for k in p): tuple(x.shape)
+          for p, x in jax.tree_util.tree_leaves_with_path(stored)}
+  need = {"/".join(str(k.key) for k in p): tuple(x.shape)
+          for p, x in jax.tree_util.tree_leaves_with_path(target)}
+  for name in sorted(need.keys() | have.keys()):
+    if name not in have:
+      problem = f"lacks {name}, which its config.json builds"
+    elif name not in need:
+      problem = f"holds {name}, which its config.json does not build"
+    elif have[name] != need[name]:
+      problem = f"holds {name} of shape {have[name]}, where its config.json builds {need[name]}"
+    else:
+      continue
+    raise UserError(f"checkpoint {step_dir!r} {problem}: the weights and config.json disagree "
+                    f"(was config.json edited?); {remedy}.")

@@ -12,14 +12,14 @@ its published lncRNA-BERT-kmer-k3-finetuned). OUT.csv has one row per record, in
 A sequence longer than the context is classified over all its windows (their logits
 averaged, weighted by their real positions), or over the first one with
 --long_sequences truncate. Records are streamed, rows written as they come to a
-temporary file renamed when complete; an existing OUT is refused unless --overwrite and
-classify wrote it; OUT inside a model or export folder is refused.
+temporary file renamed when complete, by one command at a time (outputs.py); an existing
+OUT is refused unless --overwrite and classify wrote it; OUT inside a model or export
+folder is refused; a missing folder of OUT is made.
 """
 
 from __future__ import annotations
 
 import csv
-import os
 import time
 from typing import Iterator
 
@@ -30,6 +30,7 @@ from nlm_jax import cli
 from nlm_jax import config
 from nlm_jax import fasta as fasta_lib
 from nlm_jax import filecache
+from nlm_jax import outputs
 from nlm_jax.config import UserError
 
 HEADER = ("id", "P(pcRNA)", "class")
@@ -38,9 +39,7 @@ HEADER = ("id", "P(pcRNA)", "class")
 def check_output(out: str, overwrite: bool) -> None:
   """OUT must be a new .csv, or with --overwrite one that classify wrote, outside any
   model or export folder."""
-  from nlm_jax.export import check_output_file
-
-  check_output_file(out, overwrite, ".csv", "classify", _is_classification_file)
+  outputs.check_file(out, overwrite, ".csv", "classify", _is_classification_file)
 
 
 def _is_classification_file(path: str) -> bool:
@@ -56,7 +55,10 @@ def classify_fasta(model_dir: str, fasta_path: str, out: str, long_sequences: st
                    context_length: int | None = None, bpe_file: str = "") -> int:
   """Writes `out` (see the module docstring); returns the number of records."""
   check_output(out, overwrite)
-  lengths = fasta_lib.Fasta(fasta_path, "input", random_access=False).lengths  # validates
+  fa = fasta_lib.Fasta(fasta_path, "input", random_access=False)  # validates; lengths
+  fasta_lib.check_alphabet(fa, "input")
+  lengths = fa.lengths
+  cli.start_jax()
   from nlm_jax import pretrained
 
   model = pretrained.load(model_dir, precision=precision, batch_size=batch_size,
@@ -64,10 +66,9 @@ def classify_fasta(model_dir: str, fasta_path: str, out: str, long_sequences: st
   if not model.cfg.is_classifier:
     raise UserError(f"{model_dir!r} holds a pre-trained (masked language) model, not a "
                     "classifier: fine-tune it first with python -m nlm_jax.finetune.")
-  print(f"classifying {len(lengths):,} records ({int(lengths.sum()):,} nt) of {fasta_path} with "
-        f"{model.cfg.exp_name} (context {model.cfg.context_length}, {model.cfg.precision}, "
-        f"{model.mesh.devices.size} device(s))",
-        flush=True)
+  print(f"classifying {len(lengths):,} records ({int(lengths.sum()):,} nt) of {fasta_path} "
+        f"with {model.cfg.exp_name} (context {model.cfg.context_length}, "
+        f"{model.cfg.precision}, {model.mesh.devices.size} device(s))", flush=True)
   names: list[str] = []
 
   def sequences() -> Iterator[str]:
@@ -76,24 +77,17 @@ def classify_fasta(model_dir: str, fasta_path: str, out: str, long_sequences: st
       names.append(name)
       yield seq
 
-  tmp = f"{out}.tmp-{os.getpid()}"
   progress = cli.Progress(int(lengths.sum()), len(lengths))
   done = 0
-  try:
-    with open(tmp, "w", newline="") as f:
-      writer = csv.writer(f)
-      writer.writerow(HEADER)
-      for probs in model.classify_stream(sequences(), long_sequences):
-        for name, p in zip(names[done:done + len(probs)], probs, strict=True):
-          writer.writerow((name, f"{p:.6f}", "pcRNA" if p >= 0.5 else "ncRNA"))
-        done += len(probs)
-        progress.update(int(lengths[:done].sum()), done)
+  with outputs.writing(out, lambda: check_output(out, overwrite)) as tmp, open(tmp, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(HEADER)
+    for probs in model.classify_stream(sequences(), long_sequences):
+      for name, p in zip(names[done:done + len(probs)], probs, strict=True):
+        writer.writerow((name, f"{p:.6f}", "pcRNA" if p >= 0.5 else "ncRNA"))
+      done += len(probs)
+      progress.update(int(lengths[:done].sum()), done)
     progress.close()
-    os.replace(tmp, out)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
   return done
 
 
@@ -131,4 +125,4 @@ if __name__ == "__main__":
   allocator.preload()  # re-executes this command with mimalloc, before JAX loads
   cli.exit_without_collecting()
   define_flags()
-  cli.run(main, "nlm_jax.classify")
+  cli.run(main, "nlm_jax.classify", memory_flags="--batch_size")

@@ -1,12 +1,18 @@
 """What the command-line entry points share: bad input ends in one line on stderr and
-exit status 2, never a traceback."""
+exit status 2, never a traceback. Here, once for every command: flagfiles, the process's
+resource limits, signals, and the start of JAX in the environment it is given."""
 
 from __future__ import annotations
 
 import atexit
 import contextlib
 import gc
+import importlib
 import logging
+import os
+import re
+import resource
+import signal
 import sys
 import threading
 import time
@@ -16,6 +22,7 @@ from absl import app
 from absl import flags
 from absl import logging as absl_logging
 
+from nlm_jax import errors
 from nlm_jax.errors import UserError
 
 
@@ -29,20 +36,56 @@ def exit_without_collecting() -> None:
 
 
 def fail(prog: str, message: str) -> None:
+  """The one line, and the end: what a library's threads and coroutines still raise while
+  the process exits (orbax's other reads of a damaged checkpoint) is not printed after it."""
   print(f"{prog}: error: {message}", file=sys.stderr)
+  sys.unraisablehook = threading.excepthook = lambda _: None
   sys.exit(2)
 
 
 def flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
-  """absl's parser, with flag errors (unknown flag, bad value) as one line."""
+  """absl's parser, with flag errors (unknown flag, bad value, a flagfile that is no
+  UTF-8 text) as one line."""
 
   def parse(argv: list[str]) -> list[str]:
     try:
+      check_flagfiles(argv)
       return flags.FLAGS(argv)
+    except UserError as e:
+      fail(prog, str(e))
     except flags.Error as e:
       fail(prog, f"{str(e).replace('ERROR:: ', '')} (see --helpfull for every flag).")
 
   return parse
+
+
+_FLAGFILE = re.compile(r"--?flagfile(?:=(.*))?$")
+
+
+def check_flagfiles(argv: list[str], seen: tuple[str, ...] = ()) -> None:
+  """Reads the flagfiles that `argv` names (and those they name) as bytes: one that is no
+  UTF-8 text is a UserError naming it and its first undecodable line (absl would fail
+  with a UnicodeDecodeError). Files absl cannot open are left to absl's own error."""
+  for i, arg in enumerate(argv):
+    match = _FLAGFILE.match(arg)
+    if not match:
+      continue
+    name = match.group(1) if match.group(1) is not None else (argv[i + 1] if i + 1 < len(argv) else "")
+    path = os.path.expanduser(name.strip())
+    if not path or path in seen:
+      continue
+    try:
+      with open(path, "rb") as f:
+        data = f.read()
+    except OSError:
+      continue
+    try:
+      text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+      line = data.count(b"\n", 0, e.start) + 1
+      raise UserError(f"flagfile {name!r} is no UTF-8 text (byte 0x{data[e.start]:02x} on line "
+                      f"{line}): save it as UTF-8.") from None
+    check_flagfiles([l.strip() for l in text.splitlines() if l.startswith("-")], seen + (path,))
 
 
 def is_ours(record: logging.LogRecord) -> bool:
@@ -105,28 +148,149 @@ def is_out_of_memory(e: BaseException) -> bool:
   return isinstance(e, MemoryError) or ("RESOURCE_EXHAUSTED" in text and "emory" in text)
 
 
+class Interrupted(BaseException):
+  """SIGTERM arrived: raised in the main thread, as Ctrl-C raises KeyboardInterrupt, so that
+  every `finally` runs (temporary files are removed, locks released) before the command
+  ends in one line."""
+
+  def __init__(self, signum: int):
+    super().__init__(signal.Signals(signum).name)
+    self.status = 128 + signum
+
+
+def _raise_interrupted(signum: int, _) -> None:
+  raise Interrupted(signum)
+
+
+# Below this many open files JAX's threads, orbax's checkpoints and the FASTA index do not
+# all fit (the catalogue's tiny run needed 48 on 2 cores; more cores, more threads).
+MIN_OPEN_FILES = 256
+
+
+def check_limits() -> None:
+  """The process's resource limits, before a command starts: a soft limit of open files
+  below MIN_OPEN_FILES is raised towards the hard one (as any process may; the Go runtime
+  does the same), a hard one below it is refused; and a write past the file-size limit
+  (ulimit -f) fails with EFBIG, which one_line_errors names, instead of killing the
+  process (SIGXFSZ)."""
+  soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+  if soft != resource.RLIM_INFINITY and soft < MIN_OPEN_FILES and soft != hard:
+    want = 4096 if hard == resource.RLIM_INFINITY else min(hard, 4096)
+    with contextlib.suppress(ValueError, OSError):
+      resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+  files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+  if files != resource.RLIM_INFINITY and files < MIN_OPEN_FILES:
+    raise UserError(f"this process may open only {files} files (ulimit -n {files}); JAX, orbax "
+                    f"and the FASTA index need at least {MIN_OPEN_FILES}: raise the limit "
+                    "(ulimit -n 4096), then run the same command again.")
+  if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
 @contextlib.contextmanager
-def one_line_errors(prog: str, memory_flags: str = "--batch_size") -> Iterator[None]:
-  """UserError as one line and exit status 2; running out of memory (host or device) or of
-  disk space too: the first names `memory_flags`, the flags that lower what a step needs."""
+def one_line_errors(prog: str, memory_flags: str | None = None) -> Iterator[None]:
+  """UserError as one line and exit status 2; running out of memory (host or device), of
+  disk space or into a resource limit too: the first names `memory_flags`, the command's
+  flags that lower what a step needs, if it has any. SIGTERM and Ctrl-C end the command in
+  one line as well, after its `finally` blocks (status 143 and 130)."""
   _quiet_threads()
+  main = threading.current_thread() is threading.main_thread()
+  previous = signal.signal(signal.SIGTERM, _raise_interrupted) if main else None
   try:
+    check_limits()
     yield
   except UserError as e:
     fail(prog, str(e))
+  except (KeyboardInterrupt, Interrupted) as e:
+    status = e.status if isinstance(e, Interrupted) else 130
+    how = f"stopped by {e}" if isinstance(e, Interrupted) else "interrupted (Ctrl-C)"
+    print(f"{prog}: {how}: its output was not written (nothing half-written is left); run "
+          "the same command again.", file=sys.stderr)
+    sys.exit(status)
   except Exception as e:  # errors from below with a known cure; anything else is a bug
     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
     if is_out_of_memory(e):
-      fail(prog, f"out of memory ({first}): lower {memory_flags}.")
+      cure = f"lower {memory_flags}" if memory_flags else "free memory, or use a larger machine"
+      fail(prog, f"out of memory ({first}): {cure}.")
+    limit = errors.limit_reached(_chain_text(e))
+    if limit:
+      fail(prog, f"{limit} ({first}).")
     if is_disk_full(str(e)):
       fail(prog, f"no space left on the disk ({first}): free disk space, then run the same "
                  "command again.")
     raise
+  finally:
+    if main:
+      signal.signal(signal.SIGTERM, previous)
+
+
+def _chain_text(e: BaseException) -> str:
+  """The texts of an exception and of those that caused it (a library's cause lies deep)."""
+  texts = []
+  for _ in range(20):
+    if e is None:
+      break
+    texts.append(f"{type(e).__name__}: {e}")
+    e = e.__cause__ or e.__context__
+  return " ".join(texts)
+
+
+def import_jax() -> None:
+  """Imports JAX: a variable of its environment that it refuses (JAX_ENABLE_X64=maybe) or
+  a broken XLA_FLAGS device count becomes one UserError naming the variable."""
+  count = re.search(r"xla_force_host_platform_device_count=(\S*)", os.environ.get("XLA_FLAGS", ""))
+  if count and not (count.group(1).isdigit() and int(count.group(1)) >= 1):
+    raise UserError(f"XLA_FLAGS sets xla_force_host_platform_device_count={count.group(1)}: it "
+                    "takes a whole number of CPU devices, at least 1; fix or remove it.")
+  with _jax_environment():
+    importlib.import_module("jax")
+
+
+def start_jax() -> None:
+  """Starts JAX's backends (after import_jax and whatever must be configured before
+  them): a platform that JAX_PLATFORMS asks for and this machine lacks, or a backend that
+  cannot start, becomes one UserError naming the variable and the fix."""
+  import_jax()
+  import jax
+
+  with _jax_environment():
+    jax.devices()
+
+
+@contextlib.contextmanager
+def _jax_environment() -> Iterator[None]:
+  try:
+    yield
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except: JAX raises several types here
+    raise UserError(_jax_problem(e)) from None
+
+
+def _jax_problem(e: Exception) -> str:
+  """What the failed start of JAX says, named by the variable that caused it."""
+  first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+  flag = re.search(r"for JAX flag (jax_\w+)", first) or re.search(r"environment '(JAX_\w+)'", first)
+  if flag:
+    name = flag.group(1).upper()
+    return (f"JAX refuses {name}={os.environ.get(name, '')!r} ({first}): fix or unset the "
+            "variable, then run the same command again.")
+  platforms = os.environ.get("JAX_PLATFORMS", "")
+  if platforms:
+    return (f"JAX cannot start JAX_PLATFORMS={platforms!r} on this machine ({first}): unset "
+            "JAX_PLATFORMS to use the devices it has, or install JAX's build for that platform "
+            "(see the README: On a GPU or TPU).")
+  for name in ("JAX_NUM_CPU_DEVICES", "XLA_FLAGS"):
+    if os.environ.get(name):
+      return (f"JAX cannot start its backend with {name}={os.environ[name]!r} ({first}): fix "
+              f"or unset {name}, then run the same command again.")
+  return (f"JAX cannot start its backend ({first}): check the JAX installation (pip install "
+          "-r requirements.txt, from the repository root).")
 
 
 def run(main: Callable[[list[str]], None], prog: str,
         parser: Callable[[list[str]], list[str]] | None = None,
-        memory_flags: str = "--batch_size") -> None:
+        memory_flags: str | None = None) -> None:
   """app.run(main) with one_line_errors, library logs at ERROR."""
 
   def guarded(argv: list[str]) -> None:

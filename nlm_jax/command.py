@@ -8,6 +8,7 @@ configuration itself imports none of them. `train` runs the command: the body th
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from typing import Any, Callable
 
@@ -72,15 +73,64 @@ def from_finetune_flags(fv: flags.FlagValues, positional: list[str]) -> Config:
   return cfg
 
 
+def check_data(cfg: Config) -> None:
+  """What the run's FASTA files hold, before anything starts (the index that opening them
+  builds serves the run): nucleotides, and for a classifier two sets that differ."""
+  from nlm_jax import fasta as fasta_lib
+
+  if cfg.is_classifier:
+    paths = {"pcRNA training": cfg.train_path, "ncRNA training": cfg.nc_train_path,
+             "pcRNA validation": cfg.valid_path, "ncRNA validation": cfg.nc_valid_path}
+  else:
+    paths = {"training": cfg.train_path, "validation": cfg.valid_path}
+  files = {}
+  for what, path in paths.items():
+    if cfg.data_dir and not os.path.lexists(path):
+      raise UserError(f"{what} FASTA {path!r} does not exist: check the path and --data_dir.")
+    files[what] = fasta_lib.Fasta(path, what, random_access=cfg.is_classifier)
+    fasta_lib.check_alphabet(files[what], what)
+  for split in ("training", "validation") if cfg.is_classifier else ():
+    pc, nc = files[f"pcRNA {split}"], files[f"ncRNA {split}"]
+    share = fasta_lib.shared_share(pc, nc)
+    if share > 0.5:
+      same = ("are the same file" if pc.identity == nc.identity else
+              f"share {share:.0%} of their sequences (of the smaller set, sampled)")
+      raise UserError(f"the pcRNA and ncRNA {split} FASTA files {pc.path!r} and {nc.path!r} "
+                      f"{same}: a classifier cannot learn to tell a set from itself. Pass the "
+                      "protein-coding and the non-coding sequences.")
+
+
+def check_parameters_fit(cfg: Config) -> None:
+  """The model's parameters, with their gradients and Adam's two moments (16 bytes each),
+  must fit in a device's memory: else one line naming the flags that shape them (XLA's own
+  out-of-memory error would blame the batch)."""
+  import jax
+
+  from nlm_jax import model as model_lib
+
+  n = sum(x.size for x in jax.tree.leaves(model_lib.abstract_params(cfg)))
+  device = jax.local_devices()[0]
+  need, have = 16 * n, model_lib.device_memory(device)
+  if need > have:
+    raise UserError(f"the model's {n:,} parameters need {need / 2**30:,.1f} GiB with their "
+                    f"gradients and the optimizer's state, more than the {have / 2**30:,.1f} GiB "
+                    f"of {device.platform} memory: lower --d_model, --N or --d_ff"
+                    f"{' (or --k)' if cfg.encoding_method == 'kmer' else ''}.")
+
+
 def train(prog: str, fv: flags.FlagValues, argv: list[str],
           to_config: Callable[[flags.FlagValues, list[str]], Config]) -> None:
   """The main of `pretrain` and `finetune`: flags -> Config -> train.run(cfg), where every
-  way the run can stop (bad input, out of memory, SIGTERM, Ctrl-C) ends in one line."""
+  way the run can stop (bad input, out of memory, SIGTERM, Ctrl-C) ends in one line. Every
+  input is checked before the run writes anything: flags, FASTA files, JAX's environment,
+  the model folder it starts from."""
   with cli.one_line_errors(prog, "--batch_size (or --context_length)"):
     from nlm_jax import filecache
 
     filecache.use_folder(fv.fasta_index)
     cfg = to_config(fv, argv[1:])
+    check_data(cfg)
+    cli.import_jax()
     from nlm_jax import train as train_lib  # after validation: importing JAX takes seconds
 
     train_lib.use_compilation_cache(fv.compilation_cache)
@@ -88,13 +138,27 @@ def train(prog: str, fv: flags.FlagValues, argv: list[str],
       train_lib.initialize_distributed(fv.coordinator_address, fv.num_processes, fv.process_id)
     else:
       train_lib.use_cpu_devices(fv.cpu_devices, cfg)
-    cli.quiet_libraries()
+    cli.quiet_libraries()  # JAX logs the backends it tried at the start
+    cli.start_jax()
+    check_parameters_fit(cfg)
+    source = cfg.init_from or cfg.pretrained_model
+    if source:  # read whole before anything is written (train.run reads it again)
+      from nlm_jax import folders
+
+      try:
+        folders.read_params(source, dataclasses.replace(cfg, task="mlm"))
+      except UserError as e:
+        raise UserError(f"--{'init_from' if cfg.init_from else 'pretrained_model'}: {e}") from None
     try:
       train_lib.run(cfg)
     except train_lib.Stopped as e:  # SIGTERM, Ctrl-C in the training steps, a non-finite loss
-      print(f"{prog}: {e}", file=sys.stderr)
+      message = str(e)
+      if cfg.is_classifier:  # train.py words its advice for pre-training
+        message = message.replace("a longer --warmup_steps", "a lower --learning_rate")
+      print(f"{prog}: {message}", file=sys.stderr)
       sys.exit(e.status)
-    except KeyboardInterrupt:  # Ctrl-C outside the training steps (set-up, compilation)
-      print(f"{prog}: interrupted (Ctrl-C); every checkpoint saved so far is whole: run the "
-            "same command to go on from the last one.", file=sys.stderr)
-      sys.exit(130)
+    except (KeyboardInterrupt, cli.Interrupted) as e:  # outside the training steps
+      how = f"stopped by {e}" if isinstance(e, cli.Interrupted) else "interrupted (Ctrl-C)"
+      print(f"{prog}: {how}; every checkpoint saved so far is whole: run the same command to "
+            "go on from the last one.", file=sys.stderr)
+      sys.exit(getattr(e, "status", 130))

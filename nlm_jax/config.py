@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 
 from absl import flags
@@ -19,10 +20,53 @@ TOKEN_ENCODINGS = ("bpe", "kmer", "nuc")
 PRECISIONS = ("auto", "fp32", "bf16")
 ATTENTIONS = ("auto", "xla", "cudnn", "reference")
 REMATS = ("none", "block", "dots")
+TASKS = ("mlm", "cls")
+# The settings that take one of a few words, for Config.validate and model folders alike.
+CHOICES = {"encoding_method": ENCODINGS, "precision": PRECISIONS, "attention": ATTENTIONS,
+           "remat": REMATS, "task": TASKS}
 # Fields a resumed run may change (more epochs, other save cadence, what the backward pass
 # recomputes) without starting anew.
 RESUMABLE = ("epochs", "checkpoint_every_steps", "fresh", "remat", "progress")
 MAX_TOKEN_PARAMS = 1_000_000_000  # embedding + output layer: beyond this --k is refused
+MAX_STEPS = 2**31 - 1  # the optimizer's step counter is an int32
+MAX_CPU_DEVICES = 256  # more only slow a CPU down (and 100,000 hung JAX's start)
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+  """The finite values from `low` to `high`, each end included unless open."""
+  low: float
+  high: float = math.inf
+  low_open: bool = False
+  high_open: bool = False
+
+  def __contains__(self, value: float) -> bool:
+    above = self.low < value if self.low_open else self.low <= value
+    below = value < self.high if self.high_open else value <= self.high
+    return math.isfinite(value) and above and below
+
+  def __str__(self) -> str:
+    low, high = (int(x) if math.isfinite(x) and x == int(x) else x for x in (self.low, self.high))
+    if self.high == math.inf:
+      return f"above {low}" if self.low_open else f"at least {low}"
+    return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+
+
+# The range of every numeric setting, checked before anything starts: for the flags by
+# Config.validate, for the config.json of a model folder by folders.py. Upper ends where a
+# larger value breaks something: seeds are 32-bit, warm-up is counted in int32 steps, and
+# an epoch's order of samples is held in memory (8 bytes a sample).
+RANGES = {
+    "epochs": Range(1), "n_samples_per_epoch": Range(1, 10**8), "batch_size": Range(1),
+    "warmup_steps": Range(0, MAX_STEPS), "d_model": Range(1), "N": Range(1), "d_ff": Range(1),
+    "h": Range(1), "dropout": Range(0, 1), "n_kernels": Range(1), "kernel_size": Range(1),
+    "k": Range(1), "p_mlm": Range(0, 1), "p_mask": Range(0, 1), "p_random": Range(0, 1),
+    "context_length": Range(2), "mask_size": Range(1), "seed": Range(0, 2**32 - 1),
+    "checkpoint_every_steps": Range(0), "n_eval": Range(1),
+    "learning_rate": Range(0, low_open=True), "weight_decay": Range(0),
+    "bpe_vocab_size": Range(9), "encoder_dropout": Range(0, 1, high_open=True),
+    "valid_seed": Range(0, 2**32 - 1),
+}
 
 
 # The --fasta_index flag of every command that reads FASTA files (filecache.py).
@@ -179,16 +223,19 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS, task: str = "mlm") -> None:
       "On a CPU, split each batch over this many JAX devices (data parallel inside one "
       "machine: XLA keeps the cores busier with one device per core). 0: one per core, at "
       "most the batch size, a divisor of it; 1 for models whose steps are too small to gain "
-      "(batch x context x d_model^2 x N below 2^25). Ignored when XLA_FLAGS sets "
-      "--xla_force_host_platform_device_count, with --distributed, and on GPUs and TPUs.",
-      lower_bound=0, **d)
+      f"(batch x context x d_model^2 x N below 2^25); at most {MAX_CPU_DEVICES}. Ignored when "
+      "XLA_FLAGS sets xla_force_host_platform_device_count, with --distributed, and on GPUs "
+      "and TPUs.",
+      lower_bound=0, upper_bound=MAX_CPU_DEVICES, **d)
   flags.DEFINE_boolean(
       "distributed", False,
       "Call jax.distributed.initialize() first, for multi-host TPU VMs and GPU clusters "
       "(arguments detected on TPU, Slurm and Open MPI; else give the three flags below).", **d)
   flags.DEFINE_string("coordinator_address", None, "With --distributed: host:port of process 0.", **d)
-  flags.DEFINE_integer("num_processes", None, "With --distributed: the number of processes.", **d)
-  flags.DEFINE_integer("process_id", None, "With --distributed: this process's index.", **d)
+  flags.DEFINE_integer("num_processes", None, "With --distributed: the number of processes.",
+                       lower_bound=1, **d)
+  flags.DEFINE_integer("process_id", None, "With --distributed: this process's index.",
+                       lower_bound=0, **d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -400,27 +447,21 @@ class Config:
 
   def validate(self) -> "Config":
     """Raises UserError naming the first problem and its fix; returns self."""
-    positive = ("epochs", "n_samples_per_epoch", "batch_size", "d_model", "N", "n_kernels",
-                "kernel_size", "k", "mask_size", "n_eval")
-    for name in positive:
-      if getattr(self, name) < 1:
-        raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}.")
-    if self.checkpoint_every_steps < 0:
-      raise UserError(f"--checkpoint_every_steps must be 0 or more, got {self.checkpoint_every_steps}.")
-    if self.warmup_steps < 0:
-      raise UserError(f"--warmup_steps must be 0 or more, got {self.warmup_steps}.")
-    for name in ("d_ff", "h"):
-      if getattr(self, name) is not None and getattr(self, name) < 1:
-        raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}.")
-    if self.context_length < 2:
-      raise UserError(f"--context_length must be at least 2 (CLS plus one position), got {self.context_length}.")
+    for name, allowed in RANGES.items():
+      value = getattr(self, name)
+      if value is not None and value not in allowed:
+        raise UserError(f"--{name} must be {allowed}, got {value}.")
+    for name, words in CHOICES.items():
+      if getattr(self, name) not in words:
+        raise UserError(f"--{name} must be one of {', '.join(words)}, got {getattr(self, name)!r}.")
+    steps = self.epochs * -(-self.n_samples_per_epoch // self.batch_size)
+    if steps > MAX_STEPS:
+      raise UserError(f"--epochs {self.epochs} of {steps // self.epochs:,} steps make {steps:,} "
+                      f"steps, more than the {MAX_STEPS:,} the optimizer counts: lower --epochs "
+                      "or --n_samples_per_epoch.")
     if self.d_model % self.n_heads:
       raise UserError(f"--d_model {self.d_model} is not divisible by the {self.n_heads} attention heads: "
                       "choose --h that divides --d_model.")
-    for name in ("p_mlm", "p_mask", "p_random", "dropout", "encoder_dropout"):
-      value = getattr(self, name)
-      if not 0.0 <= value <= 1.0:
-        raise UserError(f"--{name} must lie in [0, 1], got {value}.")
     if self.dropout >= 1.0:
       raise UserError("--dropout must be below 1 (1 would drop every activation).")
     if self.p_mlm == 0.0:
@@ -446,26 +487,16 @@ class Config:
     elif self.encoding_method == "bpe" and not self.bpe_file:
       raise UserError("--encoding_method bpe needs --bpe_file: pass a sentencepiece model, e.g. one "
                       "fitted with python -m nlm_jax.bpe FASTA VOCAB_SIZE.")
-    if self.remat not in REMATS:
-      raise UserError(f"--remat must be one of {', '.join(REMATS)}, got {self.remat!r}.")
-    if self.precision not in PRECISIONS:
-      raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
     if not self.exp_prefix or os.sep in self.exp_prefix:
       raise UserError(f"--exp_prefix must be a non-empty name without '{os.sep}', got {self.exp_prefix!r}.")
     if self.task == "cls":
       self._validate_cls()
-    elif self.task != "mlm":
-      raise UserError(f"task must be mlm or cls, got {self.task!r}.")
     return self
 
   def _validate_cls(self) -> None:
     if self.packing:
       raise UserError("--packing packs sequences for pre-training; fine-tuning classifies one "
                       "sequence a row: drop --packing.")
-    if not self.learning_rate > 0:
-      raise UserError(f"--learning_rate must be above 0, got {self.learning_rate}.")
-    if self.weight_decay < 0:
-      raise UserError(f"--weight_decay must be 0 or more, got {self.weight_decay}.")
     if any(n < 1 for n in self.hidden_cls_layers):
       raise UserError(f"--hidden_cls_layers must be positive numbers of nodes, got "
                       f"{','.join(map(str, self.hidden_cls_layers))}.")

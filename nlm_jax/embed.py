@@ -14,14 +14,14 @@ Pooling and long sequences: see nlm_jax/pretrained.py. Progress goes to stdout, 
 stderr (one line). Records are read one after another
 and embedded in chunks, and the embeddings are streamed into the file as they come, so
 memory does not grow with the number of records. The file is written under a temporary
-name and renamed when complete; an existing OUT is refused unless --overwrite and embed
-wrote it; OUT inside a model or export folder is refused.
+name and renamed when complete, by one command at a time (outputs.py); an existing OUT is
+refused unless --overwrite and embed wrote it; OUT inside a model or export folder is
+refused; a missing folder of OUT is made.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 import zipfile
 from typing import Iterator
@@ -34,6 +34,7 @@ from nlm_jax import cli
 from nlm_jax import config
 from nlm_jax import fasta as fasta_lib
 from nlm_jax import filecache
+from nlm_jax import outputs
 from nlm_jax.config import UserError
 
 _POOLING = flags.DEFINE_enum("pooling", "mean", ["mean", "max", "cls"],
@@ -104,9 +105,7 @@ def _is_embedding_file(path: str) -> bool:
 def check_output(out: str, overwrite: bool) -> None:
   """OUT must be a new .npz, or with --overwrite one that embed wrote, outside any model
   or export folder."""
-  from nlm_jax.export import check_output_file
-
-  check_output_file(out, overwrite, ".npz", "embed", _is_embedding_file)
+  outputs.check_file(out, overwrite, ".npz", "embed", _is_embedding_file)
 
 
 def embed_fasta(model_dir: str, fasta_path: str, out: str, pooling: str = "mean",
@@ -116,7 +115,9 @@ def embed_fasta(model_dir: str, fasta_path: str, out: str, pooling: str = "mean"
   """Writes `out` (see the module docstring); returns the number of records."""
   check_output(out, overwrite)
   fa = fasta_lib.Fasta(fasta_path, "input", random_access=False)  # validates; lengths
+  fasta_lib.check_alphabet(fa, "input")
   lengths = fa.lengths
+  cli.start_jax()
   from nlm_jax import pretrained
 
   model = pretrained.load(model_dir, precision=precision, batch_size=batch_size,
@@ -132,27 +133,18 @@ def embed_fasta(model_dir: str, fasta_path: str, out: str, pooling: str = "mean"
       names.append(name)
       yield seq
 
-  tmp = f"{out}.tmp-{os.getpid()}"
   progress = cli.Progress(int(lengths.sum()), len(lengths))
-  stream = None
-  try:
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with outputs.writing(out, lambda: check_output(out, overwrite)) as tmp:
     stream = NpzStream(tmp, len(lengths), model.d_model)
-    for block in model.embed_stream(sequences(), pooling, long_sequences):
-      stream.write(block)
-      progress.update(int(lengths[:stream.rows].sum()), stream.rows)
-    progress.close()
-    stream.close(ids=np.array(names, dtype=str), lengths=lengths)
-    os.replace(tmp, out)
-  except BaseException as e:
-    if stream is not None:
+    try:
+      for block in model.embed_stream(sequences(), pooling, long_sequences):
+        stream.write(block)
+        progress.update(int(lengths[:stream.rows].sum()), stream.rows)
+      progress.close()
+      stream.close(ids=np.array(names, dtype=str), lengths=lengths)
+    except BaseException:
       stream.abort()
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    if isinstance(e, OSError):
-      raise UserError(f"writing OUT {out!r} failed ({e.strerror or e}): free disk space, or "
-                      "choose another OUT.") from None
-    raise
+      raise
   return len(lengths)
 
 
@@ -170,4 +162,4 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
   allocator.preload()  # re-executes this command with mimalloc, before JAX loads
   cli.exit_without_collecting()
-  cli.run(main, "nlm_jax.embed")
+  cli.run(main, "nlm_jax.embed", memory_flags="--batch_size")

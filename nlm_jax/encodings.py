@@ -97,8 +97,8 @@ class BpeTokenizer:
     if os.path.isdir(path):
       raise UserError(f"BPE file {path!r} is a folder: pass a sentencepiece model file.")
     if not os.path.isfile(path):
-      raise UserError(f"BPE file {path!r} does not exist: check --bpe_file (and --data_dir), or "
-                      "fit one with python -m nlm_jax.bpe FASTA VOCAB_SIZE.")
+      raise UserError(f"BPE file {path!r} does not exist: check --bpe_file, or fit one with "
+                      "python -m nlm_jax.bpe FASTA VOCAB_SIZE.")
     try:
       self.sp = spm.SentencePieceProcessor(model_file=path)
     except (RuntimeError, OSError) as e:

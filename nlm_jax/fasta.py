@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gzip
+import hashlib
 import logging
 import os
 import re
@@ -64,6 +65,8 @@ _FOREIGN[ord("-")] = _FOREIGN[ord(".")] = False
 
 def check_letters(seq: str, what: str, allowed: str = "") -> None:
   """Raises UserError naming the first character of `seq` that is no nucleotide letter."""
+  if not isinstance(seq, str):
+    raise UserError(f"{what} is a {type(seq).__name__}, not a string of nucleotide letters.")
   chars = np.frombuffer(seq.encode("latin-1", "replace"), dtype=np.uint8)
   foreign = _FOREIGN[chars]
   for c in allowed:
@@ -82,7 +85,7 @@ def encode(seq: str) -> np.ndarray:
 
 def _check_fasta_file(path: str, what: str) -> None:
   if not os.path.exists(path):
-    raise UserError(f"{what} FASTA {path!r} does not exist: check the path (and --data_dir).")
+    raise UserError(f"{what} FASTA {path!r} does not exist: check the path.")
   if os.path.isdir(path):
     raise UserError(f"{what} FASTA {path!r} is a folder: pass a FASTA file.")
   if not os.path.isfile(path):
@@ -505,3 +508,43 @@ class Fasta:
     a = first + start // width * line + start % width
     b = first + (stop - 1) // width * line + (stop - 1) % width + 1
     return np.frombuffer(os.pread(fd, b - a, a).translate(_CODE_TABLE, b"\r\n"), np.uint8)
+
+
+# --------------------------------------------------------------------- what the data holds
+
+# A protein file's letters are about a third E, F, I, L, P and Q (letters no nucleotide
+# alphabet uses); a nucleotide file's none, or a few symbols. Above this share of letters
+# that are no nucleotide, a file is refused: its letters would all be read as N.
+FOREIGN_SHARE = 0.1
+_LETTER = ~_IS_SPACE  # what the histogram counts as letters: all but whitespace
+
+
+def check_alphabet(fa: Fasta, what: str) -> None:
+  """Refuses a file whose sampled sequence letters (Fasta.histogram: no extra pass over the
+  file) are more than FOREIGN_SHARE no nucleotide letter (NUCLEOTIDE_LETTERS, either case,
+  gaps): the line says which letters it found most."""
+  counts = np.where(_FOREIGN & _LETTER, fa.histogram, 0)
+  letters = int(fa.histogram[_LETTER].sum())
+  if counts.sum() <= FOREIGN_SHARE * letters:
+    return
+  top = np.argsort(counts)[::-1][:5]
+  found = ", ".join(f"{bytes([b]).decode('latin-1')!r} {counts[b] / letters:.0%}"
+                    for b in top if counts[b])
+  raise UserError(f"{what} FASTA {fa.path!r} is not nucleotide sequences: {counts.sum() / letters:.0%} "
+                  f"of its letters are none ({found}); is it a protein file? Pass DNA or RNA "
+                  f"({NUCLEOTIDE_LETTERS}, either case, gaps), with other symbols replaced by N.")
+
+
+def shared_share(a: Fasta, b: Fasta, sample: int = 200) -> float:
+  """The share of the smaller file's records whose sequence (normalised: case, U as T) the
+  other file holds too; 1.0 for files of the same content. Estimated from `sample` of its
+  records (all of a smaller file, seeded), each compared with the other's records of its
+  length: a few thousand reads of the index, whatever the files' sizes."""
+  if a.identity == b.identity:
+    return 1.0
+  small, big = sorted((a, b), key=len)
+  rng = np.random.default_rng(0)
+  picked = np.arange(len(small)) if len(small) <= sample else rng.choice(len(small), sample, replace=False)
+  digest = lambda fa, i: hashlib.blake2b(fa.codes(int(i)).tobytes(), digest_size=16).digest()
+  held = {digest(big, i) for i in np.flatnonzero(np.isin(big.lengths, small.lengths[picked]))}
+  return sum(digest(small, i) in held for i in picked) / len(picked)

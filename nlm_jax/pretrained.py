@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 from typing import Any, Callable, Iterable, Iterator
 
 import jax
@@ -37,9 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from nlm_jax import cli
 from nlm_jax import encodings
-from nlm_jax import export as export_lib
 from nlm_jax import fasta as fasta_lib
+from nlm_jax import folders
 from nlm_jax import model as model_lib
 from nlm_jax import train
 from nlm_jax.config import Config, UserError
@@ -62,9 +64,46 @@ def load(path: str, precision: str = "auto", devices: list[jax.Device] | None = 
   context_length: positions of a window, CLS included (default: the folder's; 768 for
     lncRNA-Py's, which do not store it, at most its positional table's 5000).
   bpe_file: the .bpe file of a lncRNA-Py BPE model (nlm_jax's folders hold their own).
+
+  A bad argument, a damaged folder (folders.py checks it whole) or a JAX environment that
+  cannot start raise UserError, whose text is the line the commands print.
   """
-  cfg, params = export_lib.read(path, bpe_file, context_length)
+  if not isinstance(path, (str, os.PathLike)):
+    raise UserError(f"path must be a model folder (a str or os.PathLike), got {path!r}.")
+  if not isinstance(bpe_file, (str, os.PathLike)):
+    raise UserError(f"bpe_file must be a path (a str), got {bpe_file!r}.")
+  if context_length is not None and (not _is_int(context_length) or context_length < 2):
+    raise UserError(f"context_length must be a whole number of at least 2 (CLS plus one "
+                    f"position) or None, got {context_length!r}.")
+  _check_options(precision, devices, batch_size)
+  cli.start_jax()
+  cfg, params = folders.read(os.fspath(path), os.fspath(bpe_file), context_length)
   return Model(cfg, params, precision, devices, batch_size)
+
+
+def _iterate(sequences: Iterable[str]) -> Iterator[str]:
+  """The sequences, one by one; anything that is no iterable of them is a UserError."""
+  try:
+    return iter(sequences)
+  except TypeError:
+    raise UserError(f"sequences must be a string or an iterable of strings, got "
+                    f"{type(sequences).__name__}.") from None
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_options(precision: str, devices: list[jax.Device] | None, batch_size: int) -> None:
+  """The arguments of load and Model that are not the folder's."""
+  if precision not in ("auto", "fp32", "bf16"):
+    raise UserError(f"precision must be auto, fp32 or bf16, got {precision!r}.")
+  if not _is_int(batch_size) or batch_size < 1:
+    raise UserError(f"batch_size must be a whole number of at least 1, got {batch_size!r}.")
+  if devices is not None and (not isinstance(devices, (list, tuple)) or not devices
+                              or not all(isinstance(d, jax.Device) for d in devices)):
+    raise UserError(f"devices must be a non-empty list of JAX devices (jax.devices()), got "
+                    f"{devices!r}.")
 
 
 class Model:
@@ -75,10 +114,9 @@ class Model:
 
   def __init__(self, cfg: Config, params: Any, precision: str = "auto",
                devices: list[jax.Device] | None = None, batch_size: int = 64):
-    devices = devices or jax.local_devices()
+    _check_options(precision, devices, batch_size)
+    devices = list(devices or jax.local_devices())
     platform = devices[0].platform
-    if precision not in ("auto", "fp32", "bf16"):
-      raise UserError(f"precision must be auto, fp32 or bf16, got {precision!r}.")
     if precision == "auto":
       precision = "fp32" if platform == "cpu" else "bf16"
     attention = cfg.attention if cfg.attention != "cudnn" or platform == "gpu" else "auto"
@@ -253,7 +291,9 @@ class Model:
     if long_sequences not in LONG_SEQUENCES:
       raise UserError(f"long_sequences must be one of {', '.join(LONG_SEQUENCES)}, got "
                       f"{long_sequences!r}.")
-    it, first = iter(sequences), 0
+    if chunk is not None and (not _is_int(chunk) or chunk < 1):
+      raise UserError(f"chunk must be a whole number of at least 1 or None, got {chunk!r}.")
+    it, first = _iterate(sequences), 0
     while seqs := list(itertools.islice(it, chunk or 16 * self.batch_size)):
       yield seqs, first
       first += len(seqs)
@@ -295,6 +335,10 @@ class Model:
         {"params": params}, x).astype(jnp.float32)})
     out = None
     inputs = np.asarray(inputs)
+    if inputs.ndim != 2 or not np.issubdtype(inputs.dtype, np.integer):
+      raise UserError(f"inputs must be a 2-D array of whole numbers (rows of nucleotide codes or "
+                      f"token ids, as encode makes them), got {inputs.dtype} of shape "
+                      f"{inputs.shape}.")
     for first in range(0, len(inputs), self.batch_size):
       batch = inputs[first:first + self.batch_size]
       n = len(batch)
@@ -334,7 +378,7 @@ class Model:
     """
     self._check_mlm()
     single = isinstance(sequences, str)
-    seqs = [sequences] if single else list(sequences)
+    seqs = [sequences] if single else list(_iterate(sequences))
     # where: per sequence, its "?" positions and for each the (row, position, offset) to read
     rows, where = [], []
     for i, seq in enumerate(seqs):

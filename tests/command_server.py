@@ -16,13 +16,14 @@ afresh (`run_module(..., fresh=True)`) keep that covered, and check that a fresh
 and a forked one write the same.
 
 Protocol: one JSON request per line on stdin ({"module", "args", "cwd", "env", "out",
-"err"}), answered by two JSON lines on stdout: {"pid"} when the child is forked and
+"err", and optionally "limits": {"RLIMIT_...": [soft, hard]}}), answered by two JSON lines on stdout: {"pid"} when the child is forked and
 {"status"} (os.waitstatus_to_exitcode) when it has ended.
 """
 
 import gc
 import json
 import os
+import resource
 import runpy
 import sys
 
@@ -77,8 +78,10 @@ def become(request):
   sys.stdin = sys.__stdin__ = open(0, closefd=False)
   sys.path[0] = os.getcwd()  # `python -m` puts the working folder first, not tests/
   sys.argv = [request["module"], *request["args"]]  # runpy puts the module's path first
+  for name, (soft, hard) in request.get("limits", {}).items():  # as `ulimit` before the command
+    resource.setrlimit(getattr(resource, name), (soft, hard))
   if request["module"] == "nlm_jax.export":
-    del sys.modules["nlm_jax.export"]  # as in `python -m nlm_jax.export`: not imported yet
+    sys.modules.pop("nlm_jax.export", None)  # as in `python -m nlm_jax.export`: not imported yet
 
 
 gc.freeze()  # else a child's collections touch, and so copy, every page of the imports

@@ -71,14 +71,16 @@ class CommandServer:
     line, self.buffer = self.buffer.split(b"\n", 1)
     return json.loads(line)
 
-  def run(self, module, args, cwd, env, timeout):
-    """subprocess.run([python, -m, module, *args], cwd, env, capture_output, text, timeout)."""
+  def run(self, module, args, cwd, env, timeout, limits=None):
+    """subprocess.run([python, -m, module, *args], cwd, env, capture_output, text, timeout),
+    under resource `limits` ({"RLIMIT_...": (soft, hard)}) where given."""
     if self.proc is None or self.proc.poll() is not None:
       self._start()
     with tempfile.TemporaryDirectory(prefix="nlm_jax_command_") as tmp:
       out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
       self.proc.stdin.write((json.dumps({"module": module, "args": list(args), "cwd": str(cwd),
-                                         "env": env, "out": out, "err": err}) + "\n").encode())
+                                         "env": env, "out": out, "err": err,
+                                         "limits": limits or {}}) + "\n").encode())
       pid = self._message(60)["pid"]
       try:
         status = self._message(timeout)["status"]
@@ -99,9 +101,10 @@ class CommandServer:
 COMMANDS = CommandServer()
 
 
-def run_command(module, cwd, *args, timeout=300, env=None, fresh=False):
+def run_command(module, cwd, *args, timeout=300, env=None, fresh=False, limits=None):
   """`python -m module args` in cwd, its output captured; `env` adds to (or overrides) the
-  environment, without conftest's XLA_FLAGS (8 fake devices are for in-process tests).
+  environment, without conftest's XLA_FLAGS (8 fake devices are for in-process tests);
+  `limits` ({"RLIMIT_...": (soft, hard)}) are set as `ulimit` would, before it starts.
   Unless `fresh`, the process is forked from the command server: the same command, without
   Python's start and JAX's import. So is one whose `env` sets XLA_FLAGS alone (read when
   the child first asks JAX for its devices; the server never did); other variables may be
@@ -111,9 +114,16 @@ def run_command(module, cwd, *args, timeout=300, env=None, fresh=False):
   full_env["PYTHONUNBUFFERED"] = "1"
   full_env.update(env or {})
   if fresh or set(env or {}) - {"XLA_FLAGS"} or not COMMANDS.available():
+    import resource
+
+    def set_limits():
+      for name, value in (limits or {}).items():
+        resource.setrlimit(getattr(resource, name), value)
+
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, errors="replace", timeout=timeout)
-  return COMMANDS.run(module, args, cwd, full_env, timeout)
+                          capture_output=True, text=True, errors="replace", timeout=timeout,
+                          preexec_fn=set_limits)
+  return COMMANDS.run(module, args, cwd, full_env, timeout, limits)
 
 
 def write_fasta(path, seqs, prefix="seq", newline="\n", width=None):

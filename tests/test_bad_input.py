@@ -54,14 +54,17 @@ def good_files(tmp_path):
   write_fasta(tmp_path / "valid.fa", random_seqs(16, 20, 80, seed=2), "valid")
 
 
-def run_module(module, tmp_path, *args, timeout=300, env=None, fresh=False):
+def run_module(module, tmp_path, *args, timeout=300, env=None, fresh=False, limits=None):
   """`python -m module args` in tmp_path (conftest.run_command: forked from the command
-  server unless `fresh` or `env`); `env` adds to (or overrides) the environment."""
-  return run_command(module, tmp_path, *args, timeout=timeout, env=env, fresh=fresh)
+  server unless `fresh` or `env`); `env` adds to (or overrides) the environment, `limits`
+  are resource limits set before it starts."""
+  return run_command(module, tmp_path, *args, timeout=timeout, env=env, fresh=fresh,
+                     limits=limits)
 
 
-def run_pretrain(tmp_path, *args, timeout=300, env=None, fresh=False):
-  return run_module("nlm_jax.pretrain", tmp_path, *args, timeout=timeout, env=env, fresh=fresh)
+def run_pretrain(tmp_path, *args, timeout=300, env=None, fresh=False, limits=None):
+  return run_module("nlm_jax.pretrain", tmp_path, *args, timeout=timeout, env=env, fresh=fresh,
+                    limits=limits)
 
 
 def run_bpe(tmp_path, *args, timeout=120, fresh=False):
@@ -125,6 +128,11 @@ def assert_one_line_error(proc, fragments, prefix=PREFIX, progress=()):
   assert line.startswith(prefix), line
   for fragment in fragments:
     assert fragment in line, f"{fragment!r} missing from: {line}"
+  from test_messages import flags_of, named_flags  # the message walk's dynamic half
+
+  command = prefix.split(":")[0].removeprefix("nlm_jax.")
+  foreign = [name for name in named_flags(line) if name not in flags_of(command)]
+  assert not foreign, f"nlm_jax.{command} has no flag {foreign}, which its message names: {line}"
 
 
 def history_rows(tmp_path, epochs=1):
@@ -320,6 +328,82 @@ def _config_json_not_json(tmp):
           [os.path.join("M", EXP, "config.json"), "cannot be read", "--fresh"])
 
 
+def _flagfile_bytes(data, fragments, nested=False):
+  """A flagfile that is no UTF-8 text (latin-1, binary), named directly or from another."""
+  def case(tmp):
+    (tmp / "bad.flags").write_bytes(data)
+    (tmp / "run.flags").write_text("--epochs=1\n--flagfile=bad.flags\n")
+    return ["train.fa", "valid.fa", f"--flagfile={'run' if nested else 'bad'}.flags"], fragments
+  return case
+
+
+PROTEIN = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVVHSLAKWKRQTLGQ"
+
+
+def _protein(which):
+  def case(tmp):
+    write_fasta(tmp / "protein.fa", [PROTEIN[i:] for i in range(20)], "p")
+    what = {"train": "training", "valid": "validation"}[which]
+    args = ["protein.fa", "valid.fa"] if which == "train" else ["train.fa", "protein.fa"]
+    return args, [what, "'protein.fa'", "not nucleotide sequences", "'L'", "protein"]
+  return case
+
+
+def _symbols(tmp):
+  (tmp / "symbols.fa").write_text("".join(f">s{i}\n{'ACGT*X?#' * 5}\n" for i in range(12)))
+  return ["symbols.fa", "valid.fa"], ["'symbols.fa'", "not nucleotide sequences", "50%"]
+
+
+def lncrnapy_folder_of_tiny(folder, damage=None):
+  """lncRNA-Py's save_pretrained folder of TINY's architecture (random weights); `damage`
+  edits its (tensors, config) first."""
+  import json
+
+  import jax
+  from safetensors.numpy import save_file
+
+  from nlm_jax import folders, layout, model as model_lib
+  from nlm_jax.config import Config
+
+  cfg = Config("t", "v", d_model=16, N=1, h=2, n_kernels=16, kernel_size=3, context_length=8)
+  params = model_lib.build(cfg).init(jax.random.key(0), model_lib.dummy_inputs(cfg))["params"]
+  tensors, stored = layout.to_tensors(cfg, jax.device_get(params)), folders.lncrnapy_config(cfg)
+  if damage:
+    damage(tensors, stored)
+  os.makedirs(folder)
+  save_file(tensors, os.path.join(folder, "model.safetensors"))
+  with open(os.path.join(folder, "config.json"), "w") as f:
+    json.dump(stored, f)
+  return folder
+
+
+def _init_from(damage, fragments):
+  def case(tmp):
+    lncrnapy_folder_of_tiny(tmp / "L", damage)
+    return ["train.fa", "valid.fa", "--init_from=L"], ["--init_from", "'L"] + fragments
+  return case
+
+
+def _nan(tensors, _):
+  tensors["base_arch.encoder.norm.weight"] = np.where(np.arange(16) == 3, np.nan, 1).astype(np.float32)
+
+
+def _string_number(_, stored):
+  stored["base_arch_config"]["N"] = "1"
+
+
+def _wrong_shape(tensors, _):
+  tensors["base_arch.encoder.layers.0.2.lin_1.weight"] = np.zeros((32, 16), np.float32)
+
+
+def _init_from_truncated(tmp):
+  lncrnapy_folder_of_tiny(tmp / "L")
+  data = (tmp / "L" / "model.safetensors").read_bytes()
+  (tmp / "L" / "model.safetensors").write_bytes(data[:len(data) // 2])
+  return ["train.fa", "valid.fa", "--init_from=L"], ["--init_from", "model.safetensors",
+                                                     "cannot be read", "download the folder"]
+
+
 def _args(*args, fragments):
   return lambda tmp: (list(args), fragments)
 
@@ -408,6 +492,45 @@ ERROR_CASES = {
                                                      "--results_dir"]),
     "model_under_proc": _args("train.fa", "valid.fa", "--model_dir=/proc/nope",
                               fragments=["model folder", "/proc/nope", "--model_dir"]),
+    # Numeric flags out of their range, refused before anything starts.
+    "seed_negative": _args("train.fa", "valid.fa", "--seed=-1",
+                           fragments=["--seed", "[0, 4294967295]", "got -1"]),
+    "seed_beyond_32_bits": _args("train.fa", "valid.fa", "--seed=1099511627776",
+                                 fragments=["--seed", "got 1099511627776"]),
+    "cpu_devices_far_too_many": _args("train.fa", "valid.fa", "--cpu_devices=100000",
+                                      fragments=["--cpu_devices", "100000", "[0, 256]"]),
+    "n_samples_per_epoch_too_many": _args("train.fa", "valid.fa",
+                                          "--n_samples_per_epoch=10000000000000",
+                                          fragments=["--n_samples_per_epoch", "[1, 100000000]"]),
+    "steps_beyond_the_step_counter": _args("train.fa", "valid.fa", "--epochs=2000000000",
+                                           fragments=["--epochs", "4,000,000,000 steps",
+                                                      "lower --epochs"]),
+    "dropout_not_a_number": _args("train.fa", "valid.fa", "--dropout=nan",
+                                  fragments=["--dropout", "nan"]),
+    "warmup_steps_beyond_int32": _args("train.fa", "valid.fa", "--warmup_steps=3000000000",
+                                       fragments=["--warmup_steps", "3000000000"]),
+    "num_processes_zero": _args("train.fa", "valid.fa", "--distributed", "--num_processes=0",
+                                fragments=["--num_processes", "0"]),
+    "model_too_large_for_memory": _args("train.fa", "valid.fa", "--d_model=100000",
+                                        "--n_kernels=100000",
+                                        fragments=["parameters need", "GiB",
+                                                   "lower --d_model, --N or --d_ff"]),
+    "flagfile_latin1": _flagfile_bytes(b"--epochs=1\n--exp_prefix=caf\xe9\n",
+                                       ["flagfile 'bad.flags'", "UTF-8", "0xe9", "line 2"]),
+    "flagfile_binary": _flagfile_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe", ["'bad.flags'", "UTF-8"]),
+    "nested_flagfile_latin1": _flagfile_bytes(b"--exp_prefix=\xe9t\xe9\n",
+                                              ["'bad.flags'", "UTF-8", "line 1"], nested=True),
+    # Data that is not nucleotides: its letters would all be read as N.
+    "protein_training_fasta": _protein("train"),
+    "protein_validation_fasta": _protein("valid"),
+    "mostly_symbols": _symbols,
+    # A damaged --init_from folder: refused before the run's folders are made.
+    "init_from_nan_weights": _init_from(_nan, ["NaN or infinite", "encoder/final_norm/scale"]),
+    "init_from_string_for_a_number": _init_from(_string_number, ["'N' in base_arch_config",
+                                                                 '"1"', "whole number"]),
+    "init_from_tensor_of_another_shape": _init_from(_wrong_shape, ["lin_1.weight",
+                                                                   "of shape (32, 16)"]),
+    "init_from_truncated_weights": _init_from_truncated,
     # A batch that could never fit: refused before XLA tries.
     "batch_size_far_too_large": _args("train.fa", "valid.fa", "--batch_size=100000000",
                                       fragments=["rows of 8 positions per device need at least", "GiB",
@@ -478,6 +601,26 @@ def test_batch_size_not_divisible_by_devices_is_one_line_error(tmp_path):
   proc = run_pretrain(tmp_path, "train.fa", "valid.fa", *TINY, "--batch_size=7",
                       env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
   assert_one_line_error(proc, ["--batch_size 7", "not divisible by the 2 devices"])
+  assert_unchanged(before, snapshot(tmp_path))
+
+
+@pytest.mark.parametrize("env, limits, fragments", [
+    # Variables JAX reads when it starts (any but XLA_FLAGS: the command runs afresh).
+    ({"JAX_PLATFORMS": "gpu"}, None, ["JAX_PLATFORMS='gpu'", "unset JAX_PLATFORMS"]),
+    ({"JAX_PLATFORMS": "cpux"}, None, ["JAX_PLATFORMS='cpux'", "unset JAX_PLATFORMS"]),
+    ({"JAX_ENABLE_X64": "maybe"}, None, ["JAX_ENABLE_X64='maybe'", "fix or unset"]),
+    ({"XLA_FLAGS": "--xla_force_host_platform_device_count=0"}, None,
+     ["XLA_FLAGS", "xla_force_host_platform_device_count=0", "at least 1"]),
+    # Resource limits, as `ulimit -n 16` and `ulimit -f` (512 bytes) before the command.
+    (None, {"RLIMIT_NOFILE": (16, 16)}, ["only 16 files", "ulimit -n", "at least 256"]),
+    (None, {"RLIMIT_FSIZE": (512, 512)}, ["file-size limit", "ulimit -f", "File too large"]),
+], ids=["jax_platforms_gpu", "jax_platforms_typo", "jax_enable_x64_not_a_bool",
+        "xla_device_count_zero", "ulimit_open_files", "ulimit_file_size"])
+def test_bad_environment_is_one_line_error(tmp_path, env, limits, fragments):
+  good_files(tmp_path)
+  before = snapshot(tmp_path)
+  proc = run_pretrain(tmp_path, "train.fa", "valid.fa", *TINY, env=env, limits=limits)
+  assert_one_line_error(proc, fragments)
   assert_unchanged(before, snapshot(tmp_path))
 
 
@@ -672,6 +815,10 @@ BPE_CASES = {
     "three_arguments": _args("train.fa", "30", "valid.fa",
                              fragments=["expected FASTA and VOCAB_SIZE"]),
     "unknown_flag": _args("train.fa", "30", "--no_such_flag=1", fragments=["no_such_flag"]),
+    "protein_fasta": lambda tmp: (_protein("train")(tmp)[0][:1] + ["30"],
+                                  ["'protein.fa'", "not nucleotide sequences", "protein"]),
+    "flagfile_latin1": lambda tmp: (_flagfile_bytes(b"--bpe_file=\xe9.bpe\n", [])(tmp)[0][2:] +
+                                    ["train.fa", "30"], ["flagfile 'bad.flags'", "UTF-8"]),
 }
 
 BPE_XFAIL: dict[str, str] = {}

@@ -13,7 +13,7 @@ import pytest
 import nlm_jax
 from conftest import random_seqs, write_fasta
 from nlm_jax import train
-from nlm_jax.config import Config
+from nlm_jax.config import Config, UserError
 from test_bad_input import (assert_one_line_error, assert_same_as_fresh, assert_unchanged, fill,
                              run_module, small_disk, snapshot)
 
@@ -134,9 +134,17 @@ def test_embed_and_export_on_a_full_disk_are_one_line_errors(model_dir, tmp_path
 
 
 def _protein(tmp, model):
-  (tmp / "protein.fa").write_text(">p1\nACGT\n>p2\nMKTAYIAKQR\n")
-  # M, K, T, A and Y are IUPAC codes too: I is the first letter that is none.
-  return ["MODEL", "protein.fa", "out.npz"], ["'p2'", "'I'", "position 6", "protein"]
+  (tmp / "protein.fa").write_text(">p1\nMKTAYIAKQRQISFVKSHFSRQLEERLGLIEV\n>p2\nMKTAYIAKQR\n")
+  return ["MODEL", "protein.fa", "out.npz"], ["'protein.fa'", "not nucleotide sequences",
+                                              "38%", "'L'", "protein"]
+
+
+def _protein_record(tmp, model):
+  # One protein among nucleotide records: too few letters for the file's alphabet check,
+  # refused by the record's. M, K, T, A and Y are IUPAC codes too: I is the first that is none.
+  (tmp / "mixed.fa").write_text("".join(f">r{i}\n{s}\n" for i, s in enumerate(random_seqs(20, 50, 60)))
+                                + ">p2\nMKTAYIAKQR\n")
+  return ["MODEL", "mixed.fa", "out.npz"], ["'p2'", "'I'", "position 6", "protein"]
 
 
 def _empty(tmp, model):
@@ -203,6 +211,67 @@ def _out_parent_is_file(tmp, model):
   return ["MODEL", "in.fa", "blocker/out.npz"], ["blocker", "is a file", "OUT"]
 
 
+def _edited(edit, fragments):
+  """MODEL copied as D, its config.json edited."""
+  def case(tmp, model):
+    shutil.copytree(model, tmp / "D")
+    stored = json.loads((tmp / "D" / "config.json").read_text())
+    edit(stored)
+    (tmp / "D" / "config.json").write_text(json.dumps(stored))
+    return ["D", "in.fa", "out.npz"], fragments
+  return case
+
+
+def _damaged_file(pick, data, fragments):
+  """MODEL copied, one file of its best checkpoint (`pick` of its files) replaced by `data`
+  (bytes, or a function of the old bytes)."""
+  def case(tmp, model):
+    shutil.copytree(model, tmp / "D")
+    step = max(n for n in os.listdir(tmp / "D") if n.isdigit())
+    path = pick(tmp / "D" / step)
+    path.write_bytes(data(path.read_bytes()) if callable(data) else data)
+    return ["D", "in.fa", "out.npz"], [f"'D/{step}'"] + fragments
+  return case
+
+
+def _largest_array_file(step_dir):
+  return max((p for p in (step_dir / "params").rglob("*") if p.is_file() and "/d/" in str(p)),
+             key=lambda p: p.stat().st_size)
+
+
+def _exported(edit_tensors=None, edit_config=None, lncrnapy=False, fragments=()):
+  """An export of MODEL (or, without nlm_jax.json, the folder lncRNA-Py's save_pretrained
+  writes), its tensors or configuration edited."""
+  def case(tmp, model):
+    from safetensors.numpy import load_file, save_file
+
+    from nlm_jax import export
+
+    export.export(model, str(tmp / "E"))
+    if lncrnapy:
+      os.remove(tmp / "E" / "nlm_jax.json")
+    config = tmp / "E" / ("config.json" if lncrnapy else "nlm_jax.json")
+    if edit_tensors:
+      tensors = dict(load_file(str(tmp / "E" / "model.safetensors")))
+      edit_tensors(tensors)
+      save_file(tensors, str(tmp / "E" / "model.safetensors"))
+    if edit_config:
+      stored = json.loads(config.read_text())
+      edit_config(stored)
+      config.write_text(json.dumps(stored))
+    return ["E", "in.fa", "out.npz"], list(fragments)
+  return case
+
+
+def _nan_weight(tensors):
+  tensors["base_arch.encoder.norm.bias"] = np.full_like(tensors["base_arch.encoder.norm.bias"],
+                                                         np.inf)
+
+
+def _bpe_without_tokenizer(stored):
+  stored.update(encoding_method="bpe", bpe_vocab_size=30, bpe_file="")
+
+
 def _args(*args, fragments):
   return lambda tmp, model: (list(args), fragments)
 
@@ -212,6 +281,7 @@ EMBED_CASES = {
                            fragments=["'nope.fa'", "does not exist"]),
     "fasta_empty": _empty,
     "protein_fasta": _protein,
+    "protein_record": _protein_record,
     "out_exists": _out_exists,
     "out_not_npz": _args("MODEL", "in.fa", "out.csv", fragments=["'out.csv'", ".npz"]),
     "out_parent_is_file": _out_parent_is_file,
@@ -260,6 +330,44 @@ EMBED_CASES.update({
                                      fragments=["/proc/nope", "OUT"]),
 })
 
+# Model folders that are not as they were written (issue 24): one line naming the file, the
+# entry or tensor and what it should hold, from embed, classify, export and nlm_jax.load alike.
+FOLDER_CASES = {
+    "config_d_model_changed": _edited(lambda c: c.update(d_model=64), [
+        "'D/", "encoder/blocks/LayerNorm_0/bias of shape (1, 32)", "builds (1, 64)", "edited"]),
+    "config_entry_removed": _edited(lambda c: c.pop("N"), [
+        "'D/config.json'", "lacks the entry 'N'", "a whole number at least 1"]),
+    "config_null_for_a_number": _edited(lambda c: c.update(kernel_size=None), [
+        "'D/config.json'", "'kernel_size': null", "a whole number"]),
+    "config_string_for_a_number": _edited(lambda c: c.update(d_model="32"), [
+        "'D/config.json'", "'d_model': \"32\"", "a whole number"]),
+    "config_unknown_encoding": _edited(lambda c: c.update(encoding_method="foo"), [
+        "'D/config.json'", "'encoding_method': \"foo\"", "one of conv, bpe"]),
+    "checkpoint_array_truncated": _damaged_file(_largest_array_file, lambda b: b[:len(b) // 3],
+                                                ["cannot be read", "restore the folder"]),
+    "checkpoint_metadata_garbage": _damaged_file(lambda d: d / "params" / "_METADATA", b"garbage",
+                                                 ["is damaged", "_METADATA"]),
+    "export_non_finite_weights": _exported(_nan_weight, fragments=[
+        "'E'", "32 NaN or infinite weights", "encoder/final_norm/bias"]),
+    "export_bpe_without_tokenizer": _exported(edit_config=_bpe_without_tokenizer, fragments=[
+        "'E'", "BPE model without its tokenizer", "tokenizer.bpe"]),
+    "export_tensor_missing": _exported(lambda t: t.pop("base_arch.encoder.norm.weight"), fragments=[
+        "'E/model.safetensors'", "no tensor 'base_arch.encoder.norm.weight'", "export the model"]),
+    "lncrnapy_string_for_a_number": _exported(
+        edit_config=lambda c: c["base_arch_config"].update(N="1"), lncrnapy=True,
+        fragments=["'E/config.json'", "'N' in base_arch_config", '"1"', "download the folder"]),
+    "lncrnapy_tensor_of_another_shape": _exported(
+        lambda t: t.update({"base_arch.encoder.layers.0.2.lin_1.weight": np.zeros((8, 32), np.float32)}),
+        lncrnapy=True, fragments=["lin_1.weight' of shape (8, 32)", "needs (128, 32)"]),
+}
+EMBED_CASES.update(FOLDER_CASES)
+EMBED_CASES.update({
+    "batch_size_zero": _args("MODEL", "in.fa", "out.npz", "--batch_size=0",
+                             fragments=["--batch_size", "0"]),
+    "flagfile_latin1": _args("MODEL", "in.fa", "out.npz", "--flagfile=in.fa.flags",
+                             fragments=["flagfile", "UTF-8"]),
+})
+
 EXPORT_CASES = {
     # --overwrite never destroys what export did not write.
     "out_dir_is_model_dir": _args("MODEL", "MODEL", "--overwrite",
@@ -275,19 +383,28 @@ EXPORT_CASES = {
     "out_dir_exists": _out_dir_exists,
     "model_dir_missing": _args("nope", "out", fragments=["'nope'", "config.json"]),
     "one_argument": _args("MODEL", fragments=["expected MODEL_DIR and OUT_DIR"]),
+    # The folder reader, as for embed; export reads only a run's folder.
+    "model_config_edited": lambda tmp, model: (
+        [_edited(lambda c: c.update(N=3), [])(tmp, model)[0][0], "out"],
+        ["'D/", "encoder/blocks", "edited"]),
+    "model_array_truncated": lambda tmp, model: (
+        [FOLDER_CASES["checkpoint_array_truncated"](tmp, model)[0][0], "out"], ["cannot be read"]),
+    "model_dir_is_an_export": lambda tmp, model: (
+        [_exported()(tmp, model)[0][0], "out"], ["'E'", "export or lncRNA-Py folder already"]),
 }
 
 
 # Also run afresh, as test_bad_input.FRESH: before the model is read, while reading it,
 # while streaming the FASTA, and export's own check.
 FRESH = (("embed", "fasta_missing"), ("embed", "model_dir_without_checkpoint"),
-         ("embed", "protein_fasta"), ("export", "out_dir_exists"))
+         ("embed", "protein_record"), ("export", "out_dir_exists"))
 
 
 @pytest.mark.parametrize("command,case", [("embed", c) for c in EMBED_CASES] +
                          [("export", c) for c in EXPORT_CASES])
-def test_bad_input_is_one_line_error(model_dir, tmp_path, command, case):
+def test_bad_input_is_one_line_error(model_dir, tmp_path, command, case, monkeypatch):
   write_fasta(tmp_path / "in.fa", random_seqs(3, 10, 50, seed=5))
+  (tmp_path / "in.fa.flags").write_bytes(b"--pooling=m\xe9an\n")
   args, fragments = (EMBED_CASES if command == "embed" else EXPORT_CASES)[case](tmp_path, model_dir)
   args = [a.replace("MODEL", model_dir, 1) if a.startswith("MODEL") else a for a in args]
   before = snapshot(tmp_path)
@@ -295,10 +412,16 @@ def test_bad_input_is_one_line_error(model_dir, tmp_path, command, case):
   proc = run_module(f"nlm_jax.{command}", tmp_path, *args)
   assert_one_line_error(proc, fragments, prefix=f"nlm_jax.{command}: error:",
                         progress=("embedding ",))
+  # The Python API says the same, as a UserError (of a truncated array orbax names any one).
+  if case in FOLDER_CASES and case != "checkpoint_array_truncated":
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as e:
+      nlm_jax.load(args[0], devices=jax.devices()[:1])
+    assert proc.stderr.strip() == f"nlm_jax.embed: error: {e.value}"
   for fresh in (False, True) if (command, case) in FRESH else (False,):
     if fresh:
       assert_same_as_fresh(proc, f"nlm_jax.{command}", tmp_path, *args)
-    if case == "protein_fasta":  # found while streaming: the partial file is gone, the folder touched
+    if case == "protein_record":  # found while streaming: the partial file is gone, the folder touched
       assert snapshot(tmp_path)[0] == before[0]
     else:
       assert_unchanged(before, snapshot(tmp_path))
@@ -320,3 +443,53 @@ def test_a_model_trained_on_several_devices_is_read_on_one(tmp_path):
   assert proc.returncode == 0, proc.stderr
   api = nlm_jax.load(cfg.checkpoint_path, devices=jax.devices()[:1]).embed(random_seqs(10, 20, 100, seed=2))
   np.testing.assert_allclose(np.load(tmp_path / "out.npz")["embeddings"], api, atol=1e-5)
+
+
+# ------------------------------------------------------- one writer, nothing half-written
+
+
+def test_out_being_written_by_another_command_is_refused(model_dir, tmp_path):
+  from nlm_jax import outputs
+
+  write_fasta(tmp_path / "in.fa", random_seqs(3, 10, 50, seed=5))
+  lock = outputs.Lock(str(tmp_path / "out.npz"), "busy", "unwritable")  # another writer
+  try:
+    proc = run_module("nlm_jax.embed", tmp_path, model_dir, "in.fa", "out.npz")
+    assert_one_line_error(proc, ["OUT 'out.npz' is being written by process", str(os.getpid())],
+                          prefix="nlm_jax.embed: error:", progress=("embedding ", "["))
+  finally:
+    lock.release()
+  assert sorted(os.listdir(tmp_path)) == ["in.fa"]
+
+
+def test_out_under_a_file_size_limit_is_one_line_and_leaves_nothing(model_dir, tmp_path):
+  write_fasta(tmp_path / "in.fa", random_seqs(200, 10, 50, seed=5))
+  proc = run_module("nlm_jax.embed", tmp_path, model_dir, "in.fa", "out.npz",
+                    limits={"RLIMIT_FSIZE": (8192, 8192)})
+  assert_one_line_error(proc, ["writing OUT 'out.npz' failed (File too large)", "ulimit -f"],
+                        prefix="nlm_jax.embed: error:", progress=("embedding ", "["))
+  assert sorted(os.listdir(tmp_path)) == ["in.fa"]
+
+
+def test_sigterm_while_writing_removes_the_temporary_file(model_dir, tmp_path):
+  import signal
+  import subprocess
+  import sys
+  import time
+
+  write_fasta(tmp_path / "in.fa", random_seqs(4000, 50, 100, seed=5))
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  proc = subprocess.Popen([sys.executable, "-m", "nlm_jax.embed", model_dir, "in.fa", "out.npz",
+                           "--batch_size=1"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 120
+  while not any(".tmp-" in n for n in os.listdir(tmp_path)):
+    assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=60)
+  assert proc.returncode == 143, err
+  assert err.strip().splitlines() == [
+      "nlm_jax.embed: stopped by SIGTERM: its output was not written (nothing half-written is "
+      "left); run the same command again."], err
+  assert sorted(os.listdir(tmp_path)) == ["in.fa"]

@@ -19,7 +19,7 @@ from safetensors.numpy import save_file
 
 import nlm_jax
 from conftest import random_seqs, write_fasta
-from nlm_jax import bpe, command, config, export, folders, model as model_lib, pretrained, train
+from nlm_jax import bpe, command, config, folders, layout, model as model_lib, pretrained, train
 from nlm_jax.config import Config, UserError
 
 DEV = jax.devices()[:1]
@@ -85,7 +85,7 @@ def lncrnapy_folder(folder, cfg, params):
   """What lncRNA-Py's save_pretrained writes for this model: the exporter's tensors and
   config.json, a model card, no nlm_jax.json and no tokenizer."""
   os.makedirs(folder)
-  save_file(export.to_tensors(cfg, jax.device_get(params)), os.path.join(folder, "model.safetensors"),
+  save_file(layout.to_tensors(cfg, jax.device_get(params)), os.path.join(folder, "model.safetensors"),
             metadata={"format": "pt"})
   with open(os.path.join(folder, "config.json"), "w") as f:
     json.dump(folders.lncrnapy_config(cfg), f, indent=2, sort_keys=True)

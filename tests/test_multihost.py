@@ -131,8 +131,8 @@ def test_a_locked_model_folder_stops_every_process_at_once(tmp_path, data):
   train_fa, valid_fa = data
   folder = tmp_path / "M2" / "MLM_conv_nm32_sm3_dm32_N1_h2_bs8_ws4_cl16_d0"
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time; from nlm_jax.checkpoint import RunLock; "
-       "RunLock(sys.argv[1]); print('locked', flush=True); time.sleep(300)", str(folder)],
+      [sys.executable, "-c", "import sys, time; from nlm_jax.checkpoint import lock_folder; "
+       "lock_folder(sys.argv[1]); print('locked', flush=True); time.sleep(300)", str(folder)],
       stdout=subprocess.PIPE, text=True, env=env_with(None))
   procs = []
   try:

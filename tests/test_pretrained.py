@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import re
 
 import jax
 import numpy as np
@@ -19,7 +20,7 @@ import pytest
 
 import nlm_jax
 from conftest import numpy_logits, random_seqs, write_fasta
-from nlm_jax import bpe, encodings, export, fasta as fasta_lib, model as model_lib
+from nlm_jax import bpe, encodings, export, fasta as fasta_lib, folders, layout, model as model_lib
 from nlm_jax import pretrained, sampler, train
 from nlm_jax.config import Config, UserError
 
@@ -218,6 +219,35 @@ def test_bad_sequences_and_options_are_user_errors():
     model.embed(["ACGT"], long_sequences="crop")
   # U, lower case, IUPAC codes and gaps read as in pre-training.
   np.testing.assert_allclose(model.embed(["acgu-RN"]), model.embed(["ACGTNNN"]), atol=1e-6)
+  # Arguments of another type are UserErrors too, never a TypeError from below (issue 24).
+  for call, fragment in ((lambda: model.embed(123), "sequences must be a string or an iterable"),
+                         (lambda: model.embed(["ACGT", b"ACGT"]), "sequence 2 is a bytes"),
+                         (lambda: model.predict_masked([None]), "sequence 1 is a NoneType"),
+                         (lambda: list(model.embed_stream(["ACGT"], chunk=0)), "chunk must be"),
+                         (lambda: model.logits(np.zeros(5, np.int32)), "2-D array of whole numbers"),
+                         (lambda: model.logits(np.zeros((2, 5))), "2-D array of whole numbers")):
+    with pytest.raises(UserError, match=fragment):
+      call()
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"batch_size": 0}, "batch_size must be a whole number of at least 1, got 0"),
+    ({"batch_size": -3}, "got -3"),
+    ({"batch_size": 2.5}, "got 2.5"),
+    ({"batch_size": True}, "got True"),
+    ({"context_length": 1.5}, "context_length must be a whole number of at least 2"),
+    ({"context_length": 1}, "context_length must be"),
+    ({"precision": "fp16"}, "precision must be auto, fp32 or bf16"),
+    ({"devices": []}, "devices must be a non-empty list of JAX devices"),
+    ({"devices": ["cpu"]}, "devices must be"),
+    ({"bpe_file": 3}, "bpe_file must be a path"),
+])
+def test_bad_arguments_of_load_are_user_errors(kwargs, fragment):
+  """Refused before the folder is read: the folder need not exist."""
+  with pytest.raises(UserError, match=re.escape(fragment)):
+    nlm_jax.load("nowhere", **kwargs)
+  with pytest.raises(UserError, match="path must be a model folder"):
+    nlm_jax.load(None)
 
 
 # ------------------------------------------------------ trained models and the export
@@ -293,7 +323,7 @@ def test_export_round_trip_and_numpy_forward(trained, tmp_path):
   os.remove(tmp_path / "export" / "stale")
   (tmp_path / "export" / "model.safetensors").write_bytes(b"from an earlier export")
   export.export(cfg.checkpoint_path, out, overwrite=True)  # replaced whole
-  assert export.read(out)[1] is not None
+  assert folders.read(out)[1] is not None
   assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "nlm_jax.json"]
   assert not [n for n in os.listdir(tmp_path) if n.startswith(".export-")]
 
@@ -303,7 +333,7 @@ def test_export_names_and_shapes_follow_lncrnapy():
   output ReLU (original 11.3), no others, in PyTorch layouts."""
   cfg = config("conv", d_model=32, n_kernels=16, N=1, input_linear=True, output_relu=True)
   model = random_model(cfg)
-  tensors = export.to_tensors(cfg, jax.device_get(model.params))
+  tensors = layout.to_tensors(cfg, jax.device_get(model.params))
   base, layer = "base_arch.", "base_arch.encoder.layers.0."
   expected = {
       base + "conv_seq_embedder.cls_token": (1, 1, 32),
@@ -328,7 +358,7 @@ def test_export_names_and_shapes_follow_lncrnapy():
   k = np.asarray(model.params["stem"]["conv"]["kernel"])  # (ks * 4, n_kernels)
   w = tensors[base + "conv_seq_embedder.conv_seq_encoder.cse_layers.0.weight"]
   assert w[5, 2, 1] == k[1 * 4 + 2, 5]
-  back = export.from_tensors(cfg, tensors)
+  back = layout.from_tensors(cfg, tensors, "t", "r")
   for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(model.params))[0]:
     node = back
     for p in path:
@@ -342,7 +372,7 @@ def test_export_of_a_bpe_model_carries_its_tokenizer(bpe_file, tmp_path):
   out = tmp_path / "export"
   out.mkdir()
   from safetensors.numpy import save_file
-  save_file(export.to_tensors(cfg, jax.device_get(model.params)), str(out / "model.safetensors"))
+  save_file(layout.to_tensors(cfg, jax.device_get(model.params)), str(out / "model.safetensors"))
   (out / "tokenizer.bpe").write_bytes(open(bpe_file, "rb").read())
   moved = dataclasses.replace(cfg, bpe_file=str(tmp_path / "gone.bpe"))
   (out / "nlm_jax.json").write_text(moved.to_json())  # the original BPE path is gone

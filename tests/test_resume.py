@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import run_command
-from nlm_jax import checkpoint, model as model_lib, sampler, synthetic, train
+from nlm_jax import checkpoint, folders, model as model_lib, sampler, synthetic, train
 from nlm_jax.config import Config
 
 FLAGS = ["--d_model=32", "--n_kernels=32", "--N=1", "--h=2", "--kernel_size=3",
@@ -257,18 +257,18 @@ def test_one_writer_per_model_folder_and_a_killed_one_leaves_no_lock(tmp_path):
 
   path = str(tmp_path / "M" / "EXP")
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time; from nlm_jax.checkpoint import RunLock; "
-       "RunLock(sys.argv[1]); print('locked', flush=True); time.sleep(120)", path],
+      [sys.executable, "-c", "import sys, time; from nlm_jax.checkpoint import lock_folder; "
+       "lock_folder(sys.argv[1]); print('locked', flush=True); time.sleep(120)", path],
       stdout=subprocess.PIPE, text=True, env=env())
   try:
     assert holder.stdout.readline().strip() == "locked"
     with pytest.raises(UserError, match=f"in use by process {holder.pid} on "):
-      checkpoint.RunLock(path)
+      checkpoint.lock_folder(path)
   finally:
     holder.kill()
     holder.wait()
   assert os.path.exists(path + ".lock")  # SIGKILL: the file stays, the lock does not
-  lock = checkpoint.RunLock(path)
+  lock = checkpoint.lock_folder(path)
   with open(path + ".lock") as f:
     assert f.read() == f"process {os.getpid()} on {os.uname().nodename}"
   lock.release()
@@ -298,7 +298,7 @@ def test_checkpoints_with_blocks_one_by_one_restore_and_resume(data, tmp_path):
   step_dir = os.path.join(old.checkpoint_path, str(int(state.step)))
   assert os.path.isdir(os.path.join(step_dir, "params")) and checkpoint._per_layer(step_dir)
 
-  _, params = checkpoint.restore(old.checkpoint_path)
+  _, params = folders.read(old.checkpoint_path)
   assert params["encoder"]["blocks"]["q"]["kernel"].shape == (2, 32, 32)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params), strict=True):
     np.testing.assert_array_equal(a, b)
@@ -325,7 +325,7 @@ def test_a_state_on_several_cpu_devices_saves_without_compiling(data, tmp_path, 
     jax.config.update("jax_log_compiles", False)
   compiled = [r.getMessage() for r in caplog.records if "Compiling" in r.getMessage()]
   assert not compiled, compiled[:3]
-  _, params = checkpoint.restore(cfg.checkpoint_path)
+  _, params = folders.read(cfg.checkpoint_path)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params), strict=True):
     np.testing.assert_array_equal(a, b)
 
@@ -341,6 +341,6 @@ def test_of_equal_best_metrics_the_first_checkpoint_is_the_best(data, tmp_path):
   for batch, (state, metric) in enumerate(zip(states, (0.25, 0.5, 0.5)), start=1):
     saver.save(batch, state, {"epoch": batch - 1, "step": 0, "best": metric, "history": []}, metric)
   saver.close()
-  _, params = checkpoint.restore(cfg.checkpoint_path)
+  _, params = folders.read(cfg.checkpoint_path)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(states[1].params), strict=True):
     np.testing.assert_array_equal(a, b)

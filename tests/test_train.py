@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from conftest import numpy_logits, random_seqs, write_fasta
-from nlm_jax import checkpoint, export, fasta as fasta_lib, folders, history, model as model_lib
+from nlm_jax import fasta as fasta_lib, folders, history, layout, model as model_lib
 from nlm_jax import sampler, synthetic, tasks, train
 from nlm_jax.config import Config
 
@@ -122,7 +122,7 @@ def test_run_writes_history_and_best_checkpoint_that_restores(tmp_path):
   for png in ("loss.png", "accuracy.png", "nucaccuracy.png"):
     assert os.path.getsize(os.path.join(cfg.results_path, png)) > 1000
   # The restored best checkpoint reproduces its validation figures exactly.
-  restored_cfg, params = checkpoint.restore(cfg.checkpoint_path)
+  restored_cfg, params = folders.read(cfg.checkpoint_path)
   assert restored_cfg == dataclasses.replace(cfg, precision="fp32")  # "auto" resolved on CPU
   best = max(rows, key=lambda r: r["Accuracy|valid"])
   mesh = train.make_mesh(RUN_DEVICES)
@@ -162,7 +162,7 @@ def test_pretrain_command_learns_above_chance(tmp_path):
   assert "epoch 4/4" in out.stderr and "steps/s" in out.stderr
   if sys.platform == "linux":  # the command re-executed itself with mimalloc (allocator.py)
     assert "malloc: mimalloc;" in out.stderr, out.stderr[:2000]
-  cfg, params = checkpoint.restore(str(tmp_path / "M" / name))
+  cfg, params = folders.read(str(tmp_path / "M" / name))
   assert cfg.exp_name == name and "encoder" in params
 
 
@@ -219,7 +219,7 @@ def test_one_step_matches_a_numpy_reference(tmp_path):
                                               jax.random.key(1))
   after = jax.device_get(state.params)
 
-  logits = numpy_logits(export.to_tensors(cfg, before), folders.lncrnapy_config(cfg),
+  logits = numpy_logits(layout.to_tensors(cfg, before), folders.lncrnapy_config(cfg),
                         batch["inputs"]).astype(np.float64)
   logp = logits - logits.max(-1, keepdims=True)
   logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
