@@ -34,6 +34,8 @@ from nlm_jax import outputs
 from nlm_jax.config import UserError
 
 HEADER = ("id", "P(pcRNA)", "class")
+# --help: the flags of lncRNA-Py's classify script first.
+HELP_GROUPS = {"architecture": ("context_length", "bpe_file"), "classification": ("batch_size",)}
 
 
 def check_output(out: str, overwrite: bool) -> None:
@@ -125,4 +127,4 @@ if __name__ == "__main__":
   allocator.preload()  # re-executes this command with mimalloc, before JAX loads
   cli.exit_without_collecting()
   define_flags()
-  cli.run(main, "nlm_jax.classify", memory_flags="--batch_size")
+  cli.run(main, "nlm_jax.classify", memory_flags="--batch_size", groups=HELP_GROUPS)

@@ -53,6 +53,9 @@ _CONTEXT = flags.DEFINE_integer(
 _BPE_FILE = flags.DEFINE_string("bpe_file", "", "The .bpe file of a lncRNA-Py BPE model "
                                 "(nlm_jax's folders hold their own).")
 _FASTA_INDEX = flags.DEFINE_string("fasta_index", None, config.FASTA_INDEX_HELP)
+# --help: the flags of lncRNA-Py's embeddings script first.
+HELP_GROUPS = {"architecture": ("context_length", "bpe_file"),
+               "embeddings": ("pooling", "batch_size", "plot")}
 
 
 class NpzStream:
@@ -162,4 +165,4 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
   allocator.preload()  # re-executes this command with mimalloc, before JAX loads
   cli.exit_without_collecting()
-  cli.run(main, "nlm_jax.embed", memory_flags="--batch_size")
+  cli.run(main, "nlm_jax.embed", memory_flags="--batch_size", groups=HELP_GROUPS)
