@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import sys
 import threading
 import time
 
@@ -116,8 +115,7 @@ def fail(message: str) -> None:
 
 def parse_flags(argv: list[str]) -> list[str]:
   if any(arg in cli.HELP_ARGS for arg in argv[1:]):
-    print(cli.help_text("nlm_jax.bpe", HELP_GROUPS))
-    sys.exit(0)
+    cli.print_help("nlm_jax.bpe", HELP_GROUPS)
   try:
     cli.check_flagfiles(argv)
     return flags.FLAGS(argv)

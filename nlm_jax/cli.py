@@ -51,8 +51,7 @@ def flags_parser(prog: str, groups: Mapping[str, Sequence[str]] | None = None
 
   def parse(argv: list[str]) -> list[str]:
     if any(arg in HELP_ARGS for arg in argv[1:argv.index("--") if "--" in argv else None]):
-      print(help_text(prog, groups))
-      sys.exit(0)
+      print_help(prog, groups)
     try:
       check_flagfiles(argv)
       return flags.FLAGS(argv)
@@ -68,17 +67,28 @@ HELP_ARGS = ("-h", "-?", "-help", "--help", "-helpshort", "--helpshort", "-helpf
 OWN = "nlm_jax's own"  # the help's group of the flags that lncRNA-Py's scripts lack
 
 
+def print_help(prog: str, groups: Mapping[str, Sequence[str]] | None = None) -> None:
+  """Prints the help and exits with status 0 (also when a pager such as `head` closed the
+  pipe early)."""
+  try:
+    print(help_text(prog, groups), flush=True)
+  except BrokenPipeError:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+  sys.exit(0)
+
+
 def help_text(prog: str, groups: Mapping[str, Sequence[str]] | None = None,
               fv: flags.FlagValues = flags.FLAGS) -> str:
   """The command's help: its module docstring, then its flags in `groups` (heading -> flag
   names, in lncRNA-Py's order: data, architecture, training), the rest under OWN. Each
   flag as it is typed (a boolean `--no_input_relu` as itself, never `--[no]no_input_relu`)
-  with its default; absl's own flags (logging, --helpxml) are left out, and no file path
-  of this machine is printed."""
+  with its default. Only the command's own flags (defined by nlm_jax's modules): absl's
+  (logging, --helpxml) and those of the libraries it imports are left out, and no file
+  path of this machine is printed."""
   import textwrap
 
   ours = {f.name: f for module, fs in fv.flags_by_module_dict().items()
-          if not module.startswith("absl.") for f in fs}
+          if module.startswith("nlm_jax") or module in ("__main__", sys.argv[0]) for f in fs}
   doc = (sys.modules["__main__"].__doc__ or "").strip() if "__main__" in sys.modules else ""
   lines = [doc, ""] if doc else [f"python -m {prog} [flags]", ""]
   listed: set[str] = set()
@@ -99,8 +109,8 @@ def help_text(prog: str, groups: Mapping[str, Sequence[str]] | None = None,
       lines.extend(textwrap.wrap(text, 88, initial_indent=" " * 6, subsequent_indent=" " * 6))
     lines.append("")
   lines += textwrap.wrap("--flagfile=FILE reads flags from FILE, one a line (a line starting "
-                         "with # is a comment); flags after it override it. --help (or --helpfull) prints "
-                         "this text.", 88)
+                         "with # is a comment); flags after it override it. --help (or -h, --helpfull, "
+                         "--helpshort) prints this text.", 88)
   return "\n".join(lines)
 
 
