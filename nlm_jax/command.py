@@ -33,6 +33,7 @@ def from_flags(fv: flags.FlagValues, positional: list[str]) -> Config:
   if cfg.init_from:  # the architecture comes from that folder
     from nlm_jax import folders
 
+    cfg = dataclasses.replace(cfg, init_from=_local_folder(cfg.init_from, "--init_from"))
     cfg = folders.with_architecture_of(cfg.init_from, cfg, {n for n in names if n in fv and fv[n].present})
   cfg = cfg.validate()
   if cfg.encoding_method == "bpe":  # the vocabulary size is part of the experiment name
@@ -64,6 +65,8 @@ def from_finetune_flags(fv: flags.FlagValues, positional: list[str]) -> Config:
   if cfg.pretrained_model:
     from nlm_jax import folders
 
+    cfg = dataclasses.replace(cfg, pretrained_model=_local_folder(cfg.pretrained_model,
+                                                                  "--pretrained_model"))
     given = {n for n in names if n in fv and fv[n].present}
     cfg = folders.with_architecture_of(cfg.pretrained_model, cfg, given, "--pretrained_model")
   cfg = cfg.validate()
@@ -73,6 +76,17 @@ def from_finetune_flags(fv: flags.FlagValues, positional: list[str]) -> Config:
     vocab = encodings.BpeTokenizer(cfg.bpe_path, cfg.context_length).vocab_size
     cfg = dataclasses.replace(cfg, bpe_vocab_size=vocab)
   return cfg
+
+
+def _local_folder(name: str, flag: str) -> str:
+  """The folder `name` names: itself, or a Hugging Face hub id's snapshot (hub.py), which
+  the run's config then keeps."""
+  from nlm_jax import hub
+
+  try:
+    return hub.resolve(name)
+  except UserError as e:
+    raise UserError(f"{flag}: {e}") from None
 
 
 def check_data(cfg: Config) -> None:
