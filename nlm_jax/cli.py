@@ -351,7 +351,7 @@ def _jax_problem(e: Exception) -> str:
   if platforms:
     return (f"JAX cannot start JAX_PLATFORMS={platforms!r} on this machine ({first}): unset "
             "JAX_PLATFORMS to use the devices it has, or install JAX's build for that platform "
-            "(see the README: On a GPU or TPU).")
+            "(see docs/gpus-and-tpus.md).")
   for name in ("JAX_NUM_CPU_DEVICES", "XLA_FLAGS"):
     if os.environ.get(name):
       return (f"JAX cannot start its backend with {name}={os.environ[name]!r} ({first}): fix "
