@@ -6,38 +6,18 @@ from __future__ import annotations
 
 import runpy
 import sys
+from typing import Callable
 
 COMMANDS = ("pretrain", "finetune", "classify", "embed", "export", "bpe", "synthetic")
 
 
-def _run(command: str) -> None:
-  sys.argv[0] = f"nlm-{command}"
-  runpy.run_module(f"nlm_jax.{command}", run_name="__main__", alter_sys=True)
+def _script(command: str) -> Callable[[], None]:
+  def run() -> None:
+    sys.argv[0] = f"nlm-{command}"
+    runpy.run_module(f"nlm_jax.{command}", run_name="__main__", alter_sys=True)
+
+  run.__name__ = run.__qualname__ = command
+  return run
 
 
-def pretrain() -> None:
-  _run("pretrain")
-
-
-def finetune() -> None:
-  _run("finetune")
-
-
-def classify() -> None:
-  _run("classify")
-
-
-def embed() -> None:
-  _run("embed")
-
-
-def export() -> None:
-  _run("export")
-
-
-def bpe() -> None:
-  _run("bpe")
-
-
-def synthetic() -> None:
-  _run("synthetic")
+pretrain, finetune, classify, embed, export, bpe, synthetic = map(_script, COMMANDS)
