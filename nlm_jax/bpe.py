@@ -31,6 +31,7 @@ MAX_SENTENCE = 10_000
 _BPE_FILE = flags.DEFINE_string("bpe_file", "", "Output file (default features/VOCAB_SIZE.bpe).")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "Parent directory of FASTA and --bpe_file (empty: as given).")
 _FASTA_INDEX = flags.DEFINE_string("fasta_index", None, config.FASTA_INDEX_HELP)
+HELP_GROUPS = {"data": ("data_dir", "bpe_file")}
 
 
 def _texts(path: str, counter: dict[str, int]):
@@ -113,6 +114,8 @@ def fail(message: str) -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
+  if any(arg in cli.HELP_ARGS for arg in argv[1:]):
+    cli.print_help("nlm_jax.bpe", HELP_GROUPS)
   try:
     cli.check_flagfiles(argv)
     return flags.FLAGS(argv)
@@ -121,9 +124,9 @@ def parse_flags(argv: list[str]) -> list[str]:
   except flags.UnrecognizedFlagError as e:
     if e.flagname.isdigit():  # absl reads a negative VOCAB_SIZE ("-3") as a flag
       fail(f"VOCAB_SIZE must be a positive whole number, got -{e.flagname}.")
-    fail(f"{str(e).replace('ERROR:: ', '')} (see --helpfull for every flag).")
+    fail(f"{str(e).replace('ERROR:: ', '')} (see --help for every flag).")
   except flags.Error as e:
-    fail(f"{str(e).replace('ERROR:: ', '')} (see --helpfull for every flag).")
+    fail(f"{str(e).replace('ERROR:: ', '')} (see --help for every flag).")
 
 
 def main(argv: list[str]) -> None:

@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping, Sequence
 
 from absl import app
 from absl import flags
@@ -43,20 +43,92 @@ def fail(prog: str, message: str) -> None:
   sys.exit(2)
 
 
-def flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
+def flags_parser(prog: str, groups: Mapping[str, Sequence[str]] | None = None
+                 ) -> Callable[[list[str]], list[str]]:
   """absl's parser, with flag errors (unknown flag, bad value, a flagfile that is no
-  UTF-8 text) as one line."""
+  UTF-8 text) as one line, and --help (-h, --helpfull) as `help_text(prog, groups)` on
+  stdout with exit status 0."""
 
   def parse(argv: list[str]) -> list[str]:
+    if any(arg in HELP_ARGS for arg in argv[1:argv.index("--") if "--" in argv else None]):
+      print_help(prog, groups)
     try:
       check_flagfiles(argv)
       return flags.FLAGS(argv)
     except UserError as e:
       fail(prog, str(e))
     except flags.Error as e:
-      fail(prog, f"{str(e).replace('ERROR:: ', '')} (see --helpfull for every flag).")
+      fail(prog, f"{str(e).replace('ERROR:: ', '')} (see --help for every flag).")
 
   return parse
+
+
+HELP_ARGS = ("-h", "-?", "-help", "--help", "-helpshort", "--helpshort", "-helpfull", "--helpfull")
+OWN = "nlm_jax's own"  # the help's group of the flags that lncRNA-Py's scripts lack
+
+
+def print_help(prog: str, groups: Mapping[str, Sequence[str]] | None = None) -> None:
+  """Prints the help and exits with status 0 (also when a pager such as `head` closed the
+  pipe early)."""
+  try:
+    print(help_text(prog, groups), flush=True)
+  except BrokenPipeError:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+  sys.exit(0)
+
+
+def help_text(prog: str, groups: Mapping[str, Sequence[str]] | None = None,
+              fv: flags.FlagValues = flags.FLAGS) -> str:
+  """The command's help: its module docstring, then its flags in `groups` (heading -> flag
+  names, in lncRNA-Py's order: data, architecture, training), the rest under OWN. Each
+  flag as it is typed (a boolean `--no_input_relu` as itself, never `--[no]no_input_relu`)
+  with its default. Only the command's own flags (defined by nlm_jax's modules): absl's
+  (logging, --helpxml) and those of the libraries it imports are left out, and no file
+  path of this machine is printed."""
+  import textwrap
+
+  ours = {f.name: f for module, fs in fv.flags_by_module_dict().items()
+          if module.startswith("nlm_jax") or module in ("__main__", sys.argv[0]) for f in fs}
+  doc = (sys.modules["__main__"].__doc__ or "").strip() if "__main__" in sys.modules else ""
+  lines = [doc, ""] if doc else [f"python -m {prog} [flags]", ""]
+  listed: set[str] = set()
+  sections = [(heading, [n for n in names if n in ours]) for heading, names in (groups or {}).items()]
+  sections.append((OWN if groups else "flags", sorted(set(ours) - {n for _, ns in sections for n in ns},
+                                                   key=str.lower)))
+  for heading, names in sections:
+    names = [n for n in names if n not in listed]
+    if not names:
+      continue
+    listed.update(names)
+    lines.append(f"{heading}:")
+    for name in names:
+      f = ours[name]
+      values = getattr(f.parser, "enum_values", None)
+      text = (f.help or "").removeprefix(f"<{'|'.join(values)}>: " if values else "")
+      lines.append(f"  {_typed(f)}")
+      lines.extend(textwrap.wrap(text, 88, initial_indent=" " * 6, subsequent_indent=" " * 6))
+    lines.append("")
+  lines += textwrap.wrap("--flagfile=FILE reads flags from FILE, one a line (a line starting "
+                         "with # is a comment); flags after it override it. --help (or -h, --helpfull, "
+                         "--helpshort) prints this text.", 88)
+  return "\n".join(lines)
+
+
+def _typed(f: flags.Flag) -> str:
+  """A flag as it is typed, with its default."""
+  if f.boolean:
+    if f.default is None:
+      return f"--[no]{f.name}  (default: unset)"
+    if f.default:
+      return f"--no{f.name}  (default: --{f.name})"
+    return f"--{f.name}  (default: off)"
+  values = getattr(f.parser, "enum_values", None)
+  value = "|".join(values) if values else f.name.upper()
+  if f.default is None:
+    default = "unset"
+  else:
+    default = ",".join(map(str, f.default)) if isinstance(f.default, list) else str(f.default)
+  return f"--{f.name}={value}  (default: {default or repr('')})"
 
 
 _FLAGFILE = re.compile(r"--?flagfile(?:=(.*))?$")
@@ -279,7 +351,7 @@ def _jax_problem(e: Exception) -> str:
   if platforms:
     return (f"JAX cannot start JAX_PLATFORMS={platforms!r} on this machine ({first}): unset "
             "JAX_PLATFORMS to use the devices it has, or install JAX's build for that platform "
-            "(see the README: On a GPU or TPU).")
+            "(see docs/gpus-and-tpus.md).")
   for name in ("JAX_NUM_CPU_DEVICES", "XLA_FLAGS"):
     if os.environ.get(name):
       return (f"JAX cannot start its backend with {name}={os.environ[name]!r} ({first}): fix "
@@ -290,15 +362,15 @@ def _jax_problem(e: Exception) -> str:
 
 def run(main: Callable[[list[str]], None], prog: str,
         parser: Callable[[list[str]], list[str]] | None = None,
-        memory_flags: str | None = None) -> None:
-  """app.run(main) with one_line_errors, library logs at ERROR."""
+        memory_flags: str | None = None, groups: Mapping[str, Sequence[str]] | None = None) -> None:
+  """app.run(main) with one_line_errors, library logs at ERROR; --help groups the flags."""
 
   def guarded(argv: list[str]) -> None:
     quiet_libraries(logging.ERROR)
     with one_line_errors(prog, memory_flags):
       main(argv)
 
-  app.run(guarded, flags_parser=parser or flags_parser(prog))
+  app.run(guarded, flags_parser=parser or flags_parser(prog, groups))
 
 
 class Progress:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import shlex
 import sys
 from typing import Any, Callable
 
@@ -31,6 +33,7 @@ def from_flags(fv: flags.FlagValues, positional: list[str]) -> Config:
   if cfg.init_from:  # the architecture comes from that folder
     from nlm_jax import folders
 
+    cfg = dataclasses.replace(cfg, init_from=_local_folder(cfg.init_from, "--init_from"))
     cfg = folders.with_architecture_of(cfg.init_from, cfg, {n for n in names if n in fv and fv[n].present})
   cfg = cfg.validate()
   if cfg.encoding_method == "bpe":  # the vocabulary size is part of the experiment name
@@ -62,6 +65,8 @@ def from_finetune_flags(fv: flags.FlagValues, positional: list[str]) -> Config:
   if cfg.pretrained_model:
     from nlm_jax import folders
 
+    cfg = dataclasses.replace(cfg, pretrained_model=_local_folder(cfg.pretrained_model,
+                                                                  "--pretrained_model"))
     given = {n for n in names if n in fv and fv[n].present}
     cfg = folders.with_architecture_of(cfg.pretrained_model, cfg, given, "--pretrained_model")
   cfg = cfg.validate()
@@ -71,6 +76,17 @@ def from_finetune_flags(fv: flags.FlagValues, positional: list[str]) -> Config:
     vocab = encodings.BpeTokenizer(cfg.bpe_path, cfg.context_length).vocab_size
     cfg = dataclasses.replace(cfg, bpe_vocab_size=vocab)
   return cfg
+
+
+def _local_folder(name: str, flag: str) -> str:
+  """The folder `name` names: itself, or a Hugging Face hub id's snapshot (hub.py), which
+  the run's config then keeps."""
+  from nlm_jax import hub
+
+  try:
+    return hub.resolve(name)
+  except UserError as e:
+    raise UserError(f"{flag}: {e}") from None
 
 
 def check_data(cfg: Config) -> None:
@@ -149,16 +165,31 @@ def train(prog: str, fv: flags.FlagValues, argv: list[str],
         folders.read_params(source, dataclasses.replace(cfg, task="mlm"))
       except UserError as e:
         raise UserError(f"--{'init_from' if cfg.init_from else 'pretrained_model'}: {e}") from None
+    go_on = "run the same command to go on"
+    if cfg.fresh:  # the same command would start anew once more
+      go_on = f"run the same command without --fresh to go on ({go_on_command(prog, sys.argv[1:])})"
     try:
       train_lib.run(cfg)
     except train_lib.Stopped as e:  # SIGTERM, Ctrl-C in the training steps, a non-finite loss
-      message = str(e)
+      message = str(e).replace("run the same command to go on", go_on)
       if cfg.is_classifier:  # train.py words its advice for pre-training
         message = message.replace("a longer --warmup_steps", "a lower --learning_rate")
       print(f"{prog}: {message}", file=sys.stderr)
       sys.exit(e.status)
     except (KeyboardInterrupt, cli.Interrupted) as e:  # outside the training steps
       how = f"stopped by {e}" if isinstance(e, cli.Interrupted) else "interrupted (Ctrl-C)"
-      print(f"{prog}: {how}; every checkpoint saved so far is whole: run the same command to "
-            "go on from the last one.", file=sys.stderr)
+      print(f"{prog}: {how}; every checkpoint saved so far is whole: {go_on} from the last one.",
+            file=sys.stderr)
       sys.exit(getattr(e, "status", 130))
+
+
+_FRESH = re.compile(r"--?fresh(=\S*)?")
+
+
+def go_on_command(prog: str, args: list[str]) -> str:
+  """The command line that goes on with a run started with --fresh: the same, without
+  --fresh (with --nofresh where --fresh came from a flagfile)."""
+  kept = [a for a in args if not _FRESH.fullmatch(a)]
+  if len(kept) == len(args):
+    kept.append("--nofresh")
+  return f"python -m {prog} {shlex.join(kept)}"

@@ -77,6 +77,20 @@ FASTA_INDEX_HELP = (
     "($XDG_CACHE_HOME or ~/.cache); 'none': a temporary folder, for this run only.")
 
 
+# The --help of pretrain and finetune: lncRNA-Py's flags grouped as its scripts order them
+# (data, architecture, training); the rest are nlm_jax's own (cli.OWN). A flag that the
+# command lacks is left out.
+HELP_GROUPS = {
+    "data": ("data_dir", "results_dir", "model_dir", "exp_prefix"),
+    "architecture": ("encoding_method", "d_model", "N", "d_ff", "h", "dropout", "hidden_cls_layers",
+                     "n_kernels", "kernel_size", "bpe_file", "k", "context_length", "input_linear",
+                     "no_input_relu", "no_output_linear", "output_relu"),
+    "training": ("pretrained_model", "epochs", "n_samples_per_epoch", "batch_size", "warmup_steps",
+                 "learning_rate", "weight_decay", "p_mlm", "p_mask", "p_random", "mask_size",
+                 "no_random_reading_frame", "no_weighted_loss", "freeze_network", "freeze_kernels"),
+}
+
+
 def define_flags(fv: flags.FlagValues = flags.FLAGS, task: str = "mlm") -> None:
   """Defines on `fv` every flag of the pre-training contract (pretrain-cli.md), or with
   task "cls" those of lncRNA-Py's fine-tuning script (its `train`), same names and
@@ -98,9 +112,12 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS, task: str = "mlm") -> None:
   else:
     flags.DEFINE_string(
         "pretrained_model", "",
-        "Fine-tunes this pre-trained model (a folder written by nlm_jax.pretrain or "
-        "nlm_jax.export) instead of training one from scratch: its encoding, architecture, "
-        "tokenizer and context length come with it (a conflicting flag is an error).", **d)
+        "Fine-tunes this pre-trained model instead of training one from scratch: a folder of "
+        "nlm_jax.pretrain or nlm_jax.export, a pre-trained model of lncRNA-Py's "
+        "save_pretrained, or a Hugging Face hub id such as "
+        "luukromeijn/lncRNA-BERT-CSE-k9-pretrained. Its encoding, architecture and tokenizer "
+        "come with it (a flag that sets them otherwise is an error); --context_length "
+        "decides the context.", **d)
     flags.DEFINE_float("learning_rate", 1e-5, "Learning rate of the Adam optimizer (constant).", **d)
     flags.DEFINE_float("weight_decay", 0.0, "Weight decay of the Adam optimizer (L2, as torch.optim.Adam).", **d)
   flags.DEFINE_integer("d_model", 768, "BERT embedding dimensionality.", **d)
@@ -203,7 +220,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS, task: str = "mlm") -> None:
     flags.DEFINE_string(
         "init_from", "",
         "Start from the parameters of this model folder (of nlm_jax.pretrain or nlm_jax.export, "
-        "or a pre-trained model of lncRNA-Py's save_pretrained), with a fresh optimizer and "
+        "or a pre-trained model of lncRNA-Py's save_pretrained, or its Hugging Face hub id), "
+        "with a fresh optimizer and "
         "learning-rate schedule. The architecture is the folder's: a flag that sets it otherwise "
         "is an error. Not under --data_dir.", **d)
     flags.DEFINE_integer(

@@ -112,4 +112,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   flags.DEFINE_bool("overwrite", False, "Replace OUT_DIR if it is an earlier export.")
-  cli.run(main, "nlm_jax.export")
+  cli.run(main, "nlm_jax.export", groups={"output": ("overwrite",)})

@@ -4,7 +4,8 @@ protein-coding RNAs (pcRNA) from non-coding ones (ncRNA): lncRNA-Py's `train` sc
   python -m nlm_jax.finetune PC_TRAIN NC_TRAIN PC_VALID NC_VALID \
       --pretrained_model models/MLM_... [--flagfile=launch/finetune_conv.flags]
 
-Flags: `--helpfull`; the same names, meanings and defaults as lncRNA-Py's train script.
+Flags (--help): the same names, meanings and defaults as lncRNA-Py's train script, and
+nlm_jax's own. --pretrained_model also takes a Hugging Face hub id.
 This entry point is intentionally kept short: flags -> Config -> train.run(cfg), the loop
 that pre-training uses.
 """
@@ -30,4 +31,4 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
   allocator.preload()  # re-executes this command with mimalloc, before JAX loads
   cli.exit_without_collecting()
-  app.run(main, flags_parser=cli.flags_parser(PROG))
+  app.run(main, flags_parser=cli.flags_parser(PROG, config.HELP_GROUPS))

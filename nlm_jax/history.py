@@ -72,22 +72,33 @@ def plot(folder: str, rows: list[dict[str, float]],
   """One plot per metric (loss.png, accuracy.png, nucaccuracy.png for pre-training;
   f1_macro.png, precision_pcrna.png, ... for fine-tuning): training and validation
   curves over epochs 1..E."""
-  import matplotlib
-  matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  epochs = range(1, len(rows) + 1)
   for metric in metrics:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for split, label in (("train", "Training"), ("valid", "Validation")):
-      ax.plot(epochs, [r[f"{metric}|{split}"] for r in rows], marker=".", label=label)
-    ax.set_xlabel("Epoch")
-    ax.set_ylabel(metric)
-    ax.legend()  # best placement: a figure legend covered the ends of the curves
-    fig.tight_layout()
+    fig = figure(rows, metric)
     _replace(os.path.join(folder, f"{file_name(metric)}.png"),
              lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
+
+
+def figure(rows: list[dict[str, float]], metric: str) -> Any:
+  """The figure of one metric: training and validation over epochs 1..E, ticks on whole
+  epochs only."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from matplotlib.ticker import MaxNLocator
+
+  epochs = range(1, len(rows) + 1)
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for split, label in (("train", "Training"), ("valid", "Validation")):
+    ax.plot(epochs, [r[f"{metric}|{split}"] for r in rows], marker=".", label=label)
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+  ax.set_xlabel("Epoch")
+  ax.set_ylabel(metric)
+  ax.legend()  # best placement: a figure legend covered the ends of the curves
+  fig.tight_layout()
+  return fig
 
 
 def duration(seconds: float) -> str:

@@ -30,4 +30,4 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
   allocator.preload()  # re-executes this command with mimalloc, before JAX loads
   cli.exit_without_collecting()
-  app.run(main, flags_parser=cli.flags_parser(PROG))
+  app.run(main, flags_parser=cli.flags_parser(PROG, config.HELP_GROUPS))

@@ -42,6 +42,7 @@ from nlm_jax import cli
 from nlm_jax import encodings
 from nlm_jax import fasta as fasta_lib
 from nlm_jax import folders
+from nlm_jax import hub
 from nlm_jax import model as model_lib
 from nlm_jax import train
 from nlm_jax.config import Config, UserError
@@ -57,7 +58,9 @@ def load(path: str, precision: str = "auto", devices: list[jax.Device] | None = 
   """The model in `path`, built from the folder alone: a pre-training or fine-tuning folder
   (model_dir/exp_name; its best checkpoint), a folder written by `python -m nlm_jax.export`,
   or one written by lncRNA-Py's save_pretrained (MaskedConvModel, MaskedTokenModel, e.g. its
-  published lncRNA-BERT models).
+  published lncRNA-BERT models), or such a model's Hugging Face hub id
+  ("luukromeijn/lncRNA-BERT-CSE-k9-pretrained": downloaded once, then read from the hub's
+  cache; hub.py).
 
   precision: "auto" (bf16 on GPU/TPU, fp32 on CPU), "fp32" or "bf16".
   batch_size: rows per device step (rounded up to a multiple of the device count).
@@ -76,8 +79,9 @@ def load(path: str, precision: str = "auto", devices: list[jax.Device] | None = 
     raise UserError(f"context_length must be a whole number of at least 2 (CLS plus one "
                     f"position) or None, got {context_length!r}.")
   _check_options(precision, devices, batch_size)
+  path = hub.resolve(os.fspath(path))
   cli.start_jax()
-  cfg, params = folders.read(os.fspath(path), os.fspath(bpe_file), context_length)
+  cfg, params = folders.read(path, os.fspath(bpe_file), context_length)
   return Model(cfg, params, precision, devices, batch_size)
 
 

@@ -102,4 +102,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from nlm_jax import cli
+
+  app.run(main, flags_parser=cli.flags_parser("nlm_jax.synthetic", {"data": ("n_train", "n_valid", "seed")}))

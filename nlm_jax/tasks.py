@@ -22,11 +22,11 @@ from nlm_jax import history as history_lib
 from nlm_jax import model as model_lib
 from nlm_jax import optim
 from nlm_jax import sampler as sampler_lib
+from nlm_jax import scores
 from nlm_jax.config import Config, UserError
 
 # lncRNA-Py's classification metrics (train/metrics.py), in its column order.
-CLS_FIGURES = ("Loss", "Accuracy", "Precision (pcRNA)", "Recall (pcRNA)", "Precision (ncRNA)",
-               "Recall (ncRNA)", "F1 (macro)")
+CLS_FIGURES = ("Loss", *scores.METRICS)
 MLM_FIGURES = ("Loss", "Accuracy", "NucAccuracy")
 
 
@@ -102,19 +102,10 @@ class MaskedLM:
 
 
 def classification_figures(t: dict[str, float]) -> dict[str, float]:
-  """lncRNA-Py's metrics (scikit-learn's definitions, 0 where a ratio is 0/0) from the
-  confusion counts (pcRNA positive) and the summed loss."""
-
-  def ratio(a: float, b: float) -> float:
-    return a / b if b else 0.0
-
-  tp, fp, fn, tn = t["tp"], t["fp"], t["fn"], t["tn"]
-  f1_pc = ratio(2 * tp, 2 * tp + fp + fn)
-  f1_nc = ratio(2 * tn, 2 * tn + fn + fp)
-  return {"Loss": ratio(t["loss_sum"], t["count"]), "Accuracy": ratio(tp + tn, tp + fp + fn + tn),
-          "Precision (pcRNA)": ratio(tp, tp + fp), "Recall (pcRNA)": ratio(tp, tp + fn),
-          "Precision (ncRNA)": ratio(tn, tn + fn), "Recall (ncRNA)": ratio(tn, tn + fp),
-          "F1 (macro)": (f1_pc + f1_nc) / 2}
+  """The loss and lncRNA-Py's metrics (scores.py) from the summed loss and the confusion
+  counts (pcRNA positive)."""
+  loss = t["loss_sum"] / t["count"] if t["count"] else 0.0
+  return {"Loss": loss, **scores.from_confusion(t["tp"], t["fp"], t["fn"], t["tn"])}
 
 
 def freeze_labels(cfg: Config, params: Any) -> Any:

@@ -437,7 +437,7 @@ ERROR_CASES = {
     "three_paths": _args("train.fa", "valid.fa", "valid.fa",
                          fragments=["expected two FASTA paths", "got 3"]),
     "unknown_flag": _args("train.fa", "valid.fa", "--no_such_flag",
-                          fragments=["no_such_flag", "--helpfull"]),
+                          fragments=["no_such_flag", "--help"]),
     "epochs_not_int": _args("train.fa", "valid.fa", "--epochs=abc", fragments=["--epochs", "abc"]),
     "encoding_unknown": _args("train.fa", "valid.fa", "--encoding_method=foo",
                               fragments=["--encoding_method", "foo", "conv"]),

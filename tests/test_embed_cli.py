@@ -12,7 +12,7 @@ import pytest
 
 import nlm_jax
 from conftest import random_seqs, write_fasta
-from nlm_jax import train
+from nlm_jax import projection, train
 from nlm_jax.config import Config, UserError
 from test_bad_input import (assert_one_line_error, assert_same_as_fresh, assert_unchanged, fill,
                              run_module, small_disk, snapshot)
@@ -60,6 +60,61 @@ def test_embed_writes_the_api_rows(model_dir, tmp_path):
                     "--overwrite")
   assert proc.returncode == 0, proc.stderr
   np.testing.assert_allclose(np.load(tmp_path / "out.npz")["embeddings"], api, atol=1e-5)
+
+
+def test_embed_two_files_with_a_pca_plot(model_dir, tmp_path):
+  """Several FASTA files: their records one after another; --plot pca draws OUT.png, a
+  colour per file, from the embeddings' first two principal components."""
+  a, b = random_seqs(12, 20, 100, seed=5), random_seqs(9, 20, 100, seed=6)
+  write_fasta(tmp_path / "a.fa", a, "a")
+  write_fasta(tmp_path / "b.fa", b, "b")
+  proc = run_module("nlm_jax.embed", tmp_path, model_dir, "a.fa", "b.fa", "out.npz", "--plot=pca")
+  assert proc.returncode == 0, proc.stderr
+  assert "wrote out.npz and out.png: 21 embeddings" in proc.stdout
+  z = np.load(tmp_path / "out.npz")
+  assert list(z["ids"]) == [f"a_{i}" for i in range(12)] + [f"b_{i}" for i in range(9)]
+  api = nlm_jax.load(model_dir, devices=jax.devices()[:1]).embed(a + b)
+  np.testing.assert_allclose(z["embeddings"], api, atol=1e-5)
+  png = (tmp_path / "out.png").read_bytes()
+  assert png.startswith(b"\x89PNG") and len(png) > 5000 and projection.is_plot_file(tmp_path / "out.png")
+  import matplotlib.image
+
+  pixels = matplotlib.image.imread(tmp_path / "out.png")[..., :3].reshape(-1, 3)
+  colours = {tuple(np.round(c, 1)) for c in pixels if np.ptp(c) > 0.3}  # not white, grey, black
+  assert len(colours) >= 2  # two files, two colours
+  # The plot is refused as OUT is, unless --overwrite.
+  again = run_module("nlm_jax.embed", tmp_path, model_dir, "a.fa", "b.fa", "out2.npz", "--plot=pca")
+  assert again.returncode == 0
+  (tmp_path / "out3.png").write_text("not a plot")
+  refused = run_module("nlm_jax.embed", tmp_path, model_dir, "a.fa", "out3.npz", "--plot=pca",
+                       "--overwrite")
+  assert refused.returncode == 2 and "out3.png" in refused.stderr, refused.stderr
+  assert not (tmp_path / "out3.npz").exists()
+
+
+def test_pca_projection_is_the_first_two_principal_components():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(50, 6)) * [5, 3, 1, 0.5, 0.2, 0.1] @ np.linalg.qr(rng.normal(size=(6, 6)))[0]
+  xy = projection.project(x, "pca")
+  centred = x - x.mean(0)
+  values, vectors = np.linalg.eigh(np.cov(centred.T))
+  want = centred @ vectors[:, ::-1][:, :2]  # the two largest eigenvalues' directions
+  for i in range(2):
+    assert abs(np.corrcoef(xy[:, i], want[:, i])[0, 1]) == pytest.approx(1, abs=1e-9)
+    assert xy[np.abs(xy[:, i]).argmax(), i] > 0  # signs fixed
+  np.testing.assert_allclose(np.var(xy, axis=0, ddof=1), values[::-1][:2], rtol=1e-9)
+
+
+@pytest.mark.parametrize("method, package", [("tsne", "scikit-learn"), ("umap", "umap-learn")])
+def test_plot_without_its_package_names_the_extra(method, package, monkeypatch):
+  import sys
+
+  monkeypatch.setitem(sys.modules, projection.NEEDS[method][0], None)  # import fails
+  with pytest.raises(UserError) as e:
+    projection.check_available(method)
+  assert str(e.value) == (f"--plot {method} needs {package}, which is not installed: pip install -e "
+                          f"'.[plots]' (or pip install {package}) from the repository root, or "
+                          "use --plot pca.")
 
 
 def test_export_then_embed_from_the_export(model_dir, tmp_path):
@@ -294,7 +349,7 @@ EMBED_CASES = {
     "lncrnapy_context_beyond_table": _lncrnapy_context_beyond_table,
     "unknown_pooling": _args("MODEL", "in.fa", "out.npz", "--pooling=median",
                              fragments=["pooling", "median"]),
-    "two_arguments": _args("MODEL", "in.fa", fragments=["expected MODEL_DIR, FASTA and OUT"]),
+    "two_arguments": _args("MODEL", "in.fa", fragments=["expected MODEL_DIR, FASTA (one or more) and OUT"]),
 }
 
 def _not_an_export(tmp, model):

@@ -311,7 +311,8 @@ def test_classify_writes_every_record_and_agrees_with_the_model(runs, tmp_path):
   long_seq = class_seqs(1, True, 5)[0] * 3  # longer than the 93-nt context: several windows
   seqs = [*class_seqs(5, True, 3), *class_seqs(5, False, 4), long_seq, "ACGTN"]
   fa = write_fasta(tmp_path / "in.fa", seqs, "rec")
-  n = classify.classify_fasta(cls.checkpoint_path, fa, str(tmp_path / "out.csv"), batch_size=8)
+  p_out = classify.classify_fasta(cls.checkpoint_path, fa, str(tmp_path / "out.csv"), batch_size=8)
+  n = len(p_out)
   with open(tmp_path / "out.csv") as f:
     rows = list(csv.reader(f))
   assert n == len(seqs) and rows[0] == ["id", "P(pcRNA)", "class"]
@@ -321,6 +322,7 @@ def test_classify_writes_every_record_and_agrees_with_the_model(runs, tmp_path):
   model = nlm_jax.load(cls.checkpoint_path, devices=RUN_DEVICES)
   p_api = model.classify(seqs)
   np.testing.assert_allclose(p_csv, p_api, atol=1e-6)  # 6 decimals, and 8 devices against 1
+  np.testing.assert_allclose(p_out, p_csv, atol=1e-6)
   # Each window alone, as the model's forward pass gives it on full-context inputs; the long
   # sequence is the position-weighted mean of its windows' logits.
   short = seqs[:10]
@@ -438,6 +440,40 @@ def test_finetune_bad_input_is_one_line_and_changes_nothing(runs, tmp_path):
     if i == 0:  # afresh too, as test_bad_input.FRESH
       assert_same_as_fresh(proc, "nlm_jax.finetune", tmp_path, *argv)
       assert_unchanged(before, snapshot(tmp_path))
+
+
+def test_classify_a_labelled_pair_prints_and_saves_the_scores(runs, tmp_path):
+  """classify MODEL PC.fasta NC.fasta OUT.csv, as lncRNA-Py's classify takes a pair: the
+  CSV of both files' records, and the printed F1 (macro) is scikit-learn's on the CSV's
+  calls (test_scores.reference: scikit-learn where installed, else the definitions)."""
+  from test_scores import reference
+
+  _, files, _, cls, _ = runs
+  pc_valid, nc_valid = files[2], files[3]
+  proc = run_module("nlm_jax.classify", tmp_path, cls.checkpoint_path, pc_valid, nc_valid,
+                    "pair.csv", "--batch_size=8")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  with open(tmp_path / "pair.csv") as f:
+    rows = list(csv.DictReader(f))
+  n_pc = len(fasta_lib.Fasta(pc_valid))
+  assert [r["id"] for r in rows[:n_pc]] == [f"pc_valid_{i}" for i in range(n_pc)]
+  assert rows[n_pc]["id"] == "nc_valid_0" and len(rows) == n_pc + len(fasta_lib.Fasta(nc_valid))
+  labels = np.array([1] * n_pc + [0] * (len(rows) - n_pc))
+  p = np.array([float(r["P(pcRNA)"]) for r in rows])
+  want = reference(labels, p)
+  printed = float(proc.stdout.split("F1 (macro)")[1].split()[0])
+  assert printed == pytest.approx(want["F1 (macro)"], abs=5e-5), proc.stdout
+  with open(tmp_path / "pair.scores.json") as f:
+    saved = json.load(f)
+  assert saved["Confusion matrix"] == want["Confusion matrix"]
+  for name in ("Accuracy", "Precision (pcRNA)", "Recall (pcRNA)", "Precision (ncRNA)",
+               "Recall (ncRNA)", "F1 (macro)", "ROC AUC"):
+    assert saved[name] == pytest.approx(want[name], abs=1e-9), name
+    assert f"{name}" in proc.stdout
+  # Run again: the scores file is refused as OUT would be, unless --overwrite.
+  again = run_module("nlm_jax.classify", tmp_path, cls.checkpoint_path, pc_valid, nc_valid,
+                     "pair.csv")
+  assert again.returncode == 2 and "--overwrite" in again.stderr
 
 
 def test_classify_bad_input_is_one_line(runs, tmp_path):

@@ -95,3 +95,13 @@ def test_epoch_line_gives_the_share_outside_the_steps(caplog):
   share = float(re.search(r"([\d.]+)% of the epoch outside steps", line).group(1))
   # The steps took 1 s of the epoch, evaluation, checkpoint and reports next to nothing.
   assert 0 <= share < 5, line
+
+
+def test_plots_mark_whole_epochs_only():
+  import matplotlib.pyplot as plt
+
+  for n in (2, 3, 7, 20):  # matplotlib's own ticks for 1..2 and 1..3 fall on 1.25, 2.5, ...
+    fig = history.figure([ROW] * n, "Loss")
+    ticks = [t for t in fig.axes[0].get_xticks() if 1 <= t <= n]
+    plt.close(fig)
+    assert ticks and all(t == int(t) for t in ticks), (n, ticks)

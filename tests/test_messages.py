@@ -5,7 +5,7 @@ aside): each `--flag` it names must be a flag of some command, and in the module
 functions whose messages a known set of commands print (REACH) a flag of each of them.
 The dynamic one is in test_bad_input.assert_one_line_error: every error line that the
 catalogue's cases make a command print is checked against that command's flags
-(`flags_of`). The flags of a command are what its --helpfull lists.
+(`flags_of`). The flags of a command are what its --help lists.
 """
 
 import ast
@@ -44,15 +44,16 @@ REACH = {
     ("command.py", "check_data"): ("pretrain", "finetune"),
     ("command.py", "check_parameters_fit"): ("pretrain", "finetune"),
 }
-NO_MESSAGES = {("config.py", "exp_name"), ("config.py", "_cls_name_tail")}  # name suffixes
+# Name suffixes, and how --help writes a flag.
+NO_MESSAGES = {("config.py", "exp_name"), ("config.py", "_cls_name_tail"), ("cli.py", "_typed")}
 FLAG = re.compile(r"(?<![\w-])--(?:no)?(\w+)(?![\w-])")
 
 
 @functools.cache
 def flags_of(command: str) -> frozenset[str]:
-  """The flags `python -m nlm_jax.<command> --helpfull` lists (absl's own included)."""
-  proc = run_command(f"nlm_jax.{command}", PACKAGE, "--helpfull", timeout=120)
-  assert "--flagfile" in proc.stdout, proc.stderr[-2000:]  # absl ends --helpfull with status 1
+  """The flags `python -m nlm_jax.<command> --help` lists (--flagfile and --help included)."""
+  proc = run_command(f"nlm_jax.{command}", PACKAGE, "--help", timeout=120)
+  assert proc.returncode == 0 and "--flagfile" in proc.stdout, proc.stderr[-2000:]
   return frozenset(m[1] for m in re.finditer(r"--(?:\[no\])?(\w+)", proc.stdout))
 
 

@@ -58,16 +58,17 @@ def uninterrupted(data, tmp_path_factory):
   return history(folder)
 
 
-def kill_mid_epoch(data, folder, sig):
-  """Starts the run, waits for a checkpoint saved inside epoch 2, then sends `sig`. The
-  run's stderr goes to a file: a pipe read only at the end could fill up and block it."""
+def kill_mid_epoch(data, folder, sig, *extra):
+  """Starts the run (`extra` flags added), waits for a checkpoint saved inside epoch 2, then
+  sends `sig`. The run's stderr goes to a file: a pipe read only at the end could fill up
+  and block it."""
   err_path = os.path.join(folder, "stderr.txt")
   # A shell without job control starts background jobs with Ctrl-C ignored, children
   # inherit that, and the run rightly keeps it so: start it as a terminal would.
   before = signal.signal(signal.SIGINT, signal.default_int_handler)
   try:
     with open(err_path, "w") as err_file:
-      proc = subprocess.Popen(command(data), cwd=folder, env=env(), stderr=err_file)
+      proc = subprocess.Popen(command(data, *extra), cwd=folder, env=env(), stderr=err_file)
   finally:
     signal.signal(signal.SIGINT, before)
   model = os.path.join(folder, "M", NAME)
@@ -119,12 +120,20 @@ def test_killed_run_resumes_to_the_same_history(data, uninterrupted, sigkilled, 
     code, _ = killed_copy(sigkilled, tmp_path)
     assert code == -signal.SIGKILL
   else:
-    code, err = kill_mid_epoch(data, tmp_path, sig)
+    # Started with --fresh under SIGTERM: the same command would start anew once more, so
+    # the line names it without --fresh.
+    fresh = ("--fresh",) if sig == signal.SIGTERM else ()
+    code, err = kill_mid_epoch(data, tmp_path, sig, *fresh)
     assert code == {signal.SIGTERM: 3, signal.SIGINT: 130}[sig], err[-2000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"nlm_jax.pretrain: {sig.name} at epoch 2, step ")
-    assert "saved the resume checkpoint" in last and "run the same command" in last
-    assert "Traceback" not in err
+    assert "saved the resume checkpoint" in last and "Traceback" not in err
+    if fresh:
+      assert "run the same command without --fresh to go on (python -m nlm_jax.pretrain " in last
+      named = last.split("to go on (")[1]
+      assert "--fresh" not in named and all(a in named for a in FLAGS), last
+    else:
+      assert "run the same command to go on" in last
   rows_before = history(tmp_path).count("\n") - 1 if os.path.exists(
       os.path.join(tmp_path, "R", NAME, "history.csv")) else 0
   assert rows_before < 3
@@ -137,6 +146,18 @@ def test_killed_run_resumes_to_the_same_history(data, uninterrupted, sigkilled, 
   assert again.returncode == 0 and "nothing to do" in again.stderr
   assert "resuming" not in again.stderr  # not "from epoch 4" of a 3-epoch run
   assert history(tmp_path) == uninterrupted
+
+
+def test_the_command_to_go_on_drops_fresh():
+  from nlm_jax import command as command_lib
+
+  go_on = command_lib.go_on_command
+  assert (go_on("nlm_jax.pretrain", ["a.fa", "b.fa", "--fresh", "--epochs=3"])
+          == "python -m nlm_jax.pretrain a.fa b.fa --epochs=3")
+  assert go_on("nlm_jax.finetune", ["-fresh=true", "x y.fa"]) == "python -m nlm_jax.finetune 'x y.fa'"
+  # --fresh from a flagfile: the flag after it turns it off.
+  assert (go_on("nlm_jax.pretrain", ["a.fa", "b.fa", "--flagfile=f.flags"])
+          == "python -m nlm_jax.pretrain a.fa b.fa --flagfile=f.flags --nofresh")
 
 
 def test_second_ctrl_c_stops_at_once():
