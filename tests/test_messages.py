@@ -20,7 +20,8 @@ from conftest import run_command
 
 PACKAGE = os.path.join(os.path.dirname(__file__), "..", "nlm_jax")
 COMMANDS = ("pretrain", "finetune", "embed", "classify", "export", "bpe")
-TOOLS = ("bench.py", "bench_fasta.py", "device_check.py", "synthetic.py")  # commands of their own
+TOOLS = ("bench.py", "bench_fasta.py", "bench_peer.py", "device_check.py", "peer.py",
+         "synthetic.py")  # commands of their own
 MODEL_READERS = ("pretrain", "finetune", "embed", "classify", "export")  # and nlm_jax.load
 FASTA_READERS = ("pretrain", "finetune", "embed", "classify", "bpe")
 # Where the messages of a module, or of one function in it, can be printed.
