@@ -1,7 +1,7 @@
 r"""Classifies every record of a FASTA file as pcRNA or ncRNA with a fine-tuned model; given
 a labelled pair (protein-coding, then non-coding), also scores the classification.
 
-  python -m nlm_jax.classify MODEL_DIR FASTA OUT.csv [--long_sequences windows|truncate]
+  python -m nlm_jax.classify MODEL_DIR FASTA OUT.csv [--long_sequences windows|truncate|lncrnapy]
       [--batch_size 64] [--precision auto] [--overwrite] [--context_length N] [--bpe_file F]
   python -m nlm_jax.classify MODEL_DIR PC.fasta NC.fasta OUT.csv [...]
 
@@ -14,8 +14,9 @@ order (with a pair: PC.fasta's records, then NC.fasta's):
   P(pcRNA)  the probability that it is protein-coding
   class     pcRNA where P(pcRNA) >= 0.5, else ncRNA (lncRNA-Py's rule)
 A sequence longer than the context is classified over all its windows (their logits
-averaged, weighted by their real positions), or over the first one with
---long_sequences truncate. Records are streamed, rows written as they come to a
+averaged, weighted by their real positions), over the first one with
+--long_sequences truncate, or as lncRNA-Py's classify does with --long_sequences lncrnapy
+(conv: the last window, the 3' end; tokens: the first). Records are streamed, rows written as they come to a
 temporary file renamed when complete, by one command at a time (outputs.py); an existing
 OUT is refused unless --overwrite and classify wrote it; OUT inside a model or export
 folder is refused; a missing folder of OUT is made.
@@ -94,7 +95,7 @@ def classify_fasta(model_dir: str, fasta_path: str | Sequence[str], out: str,
     raise UserError(f"{model_dir!r} holds a pre-trained (masked language) model, not a "
                     "classifier: fine-tune it first with python -m nlm_jax.finetune.")
   print(f"classifying {len(lengths):,} records ({int(lengths.sum()):,} nt) of {' and '.join(paths)} "
-        f"with {model.cfg.exp_name} (context {model.cfg.context_length}, "
+        f"with the model in {model_dir} (context {model.cfg.context_length}, "
         f"{model.cfg.precision}, {model.mesh.devices.size} device(s))", flush=True)
   names: list[str] = []
 
@@ -167,9 +168,11 @@ def main(argv: list[str]) -> None:
 def define_flags() -> None:
   """The command's flags; defined only when it runs, so that the module imports beside
   nlm_jax.embed (whose flags share these names)."""
-  flags.DEFINE_enum("long_sequences", "windows", ["windows", "truncate"],
+  flags.DEFINE_enum("long_sequences", "windows", ["windows", "truncate", "lncrnapy"],
                     "Sequences longer than the context: classify over all their windows "
-                    "(logits averaged, weighted by real positions), or the first one.")
+                    "(logits averaged, weighted by real positions), the first one (truncate), "
+                    "or as lncRNA-Py does (lncrnapy: conv the last window, the 3' end; tokens "
+                    "the first).")
   flags.DEFINE_integer("batch_size", 64, "Rows per device step.", lower_bound=1)
   flags.DEFINE_enum("precision", "auto", ["auto", "fp32", "bf16"],
                     "auto: bf16 on GPU/TPU, fp32 on CPU.")

@@ -181,6 +181,12 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS, task: str = "mlm") -> None:
       "Forces a linear projection of kernels onto d_model dimensions in conv encoding "
       "(default: only when n_kernels != d_model).", **d)
   flags.DEFINE_boolean("no_input_relu", False, "Turns off the ReLU activation of kernels in conv encoding.", **d)
+  flags.DEFINE_boolean(
+      "attend_partial_window", False,
+      "conv: attention also sees a sequence's last window when it holds fewer than "
+      "kernel_size nucleotides (nlm_jax's rule before 2026-12; its models keep the rule they "
+      "were trained with). Off: lncRNA-Py's rule, CLS and whole windows only, so its models "
+      "give its outputs and exported models behave alike in lncRNA-Py.", **d)
   if mlm:
     flags.DEFINE_boolean(
         "no_output_linear", False,
@@ -289,6 +295,7 @@ class Config:
   no_random_reading_frame: bool = False
   input_linear: bool | None = None
   no_input_relu: bool = False
+  attend_partial_window: bool = False
   no_output_linear: bool = False
   output_relu: bool = False
   seed: int = 0
@@ -408,10 +415,13 @@ class Config:
     elif self.encoding_method == "conv":
       name += f"_nm{self.n_kernels}_sm{self.kernel_size}"
     name += f"_dm{self.d_model}_N{self.N}"
-    if self.d_ff is not None:
-      name += f"_dff{self.d_ff}"
-    if self.h is not None:
-      name += f"_h{self.h}"
+    # lncRNA-Py's train script takes d_ff and h from the pre-trained model, resolved.
+    finetuned = self.is_classifier and bool(self.pretrained_model)
+    d_ff, h = (self.ff_dim, self.n_heads) if finetuned else (self.d_ff, self.h)
+    if d_ff is not None:
+      name += f"_dff{d_ff}"
+    if h is not None:
+      name += f"_h{h}"
     if self.is_classifier:
       return name + self._cls_name_tail()
     # `:g` prints 0 and 0.0 alike ("d0"), unlike the original.
@@ -472,6 +482,9 @@ class Config:
     for name, words in CHOICES.items():
       if getattr(self, name) not in words:
         raise UserError(f"--{name} must be one of {', '.join(words)}, got {getattr(self, name)!r}.")
+    if self.attend_partial_window and self.encoding_method != "conv":
+      raise UserError(f"--attend_partial_window concerns the windows of conv encoding; this "
+                      f"model is {self.encoding_method}: drop --attend_partial_window.")
     steps = self.epochs * -(-self.n_samples_per_epoch // self.batch_size)
     if steps > MAX_STEPS:
       raise UserError(f"--epochs {self.epochs} of {steps // self.epochs:,} steps make {steps:,} "
@@ -537,7 +550,15 @@ class Config:
   @classmethod
   def from_json(cls, text: str) -> "Config":
     fields = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in json.loads(text).items() if k in fields})
+    return cls(**{k: v for k, v in with_rules_of_its_time(json.loads(text)).items() if k in fields})
+
+
+def with_rules_of_its_time(stored: dict) -> dict:
+  """A stored configuration with the rules it was written under: conv models from before
+  attend_partial_window was a field attended to a sequence's partial last window."""
+  if stored.get("encoding_method") == "conv" and "attend_partial_window" not in stored:
+    return {**stored, "attend_partial_window": True}
+  return stored
 
 
 def check_writable(folder: str, what: str, flag: str) -> None:

@@ -2,7 +2,7 @@ r"""Embeds every record of one or more FASTA files with a pre-trained model, and
 them in two dimensions if asked.
 
   python -m nlm_jax.embed MODEL_DIR FASTA [FASTA ...] OUT.npz [--pooling mean|max|cls]
-      [--plot pca|tsne|umap] [--long_sequences windows|truncate] [--batch_size 64]
+      [--plot pca|tsne|umap] [--long_sequences windows|truncate|lncrnapy] [--batch_size 64]
       [--precision auto] [--overwrite] [--context_length N] [--bpe_file F]
 
 MODEL_DIR is a pre-training folder (model_dir/exp_name; its best checkpoint), an export
@@ -46,9 +46,10 @@ from nlm_jax.config import UserError
 
 _POOLING = flags.DEFINE_enum("pooling", "mean", ["mean", "max", "cls"],
                              "mean or max over the real positions, or the CLS output.")
-_LONG = flags.DEFINE_enum("long_sequences", "windows", ["windows", "truncate"],
+_LONG = flags.DEFINE_enum("long_sequences", "windows", ["windows", "truncate", "lncrnapy"],
                           "Sequences longer than the context: pool over all their windows, "
-                          "or keep the first window only.")
+                          "keep the first window only (truncate), or as lncRNA-Py does "
+                          "(lncrnapy: conv the last window, the 3' end; tokens the first).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Rows per device step.", lower_bound=1)
 _PRECISION = flags.DEFINE_enum("precision", "auto", ["auto", "fp32", "bf16"],
                                "auto: bf16 on GPU/TPU, fp32 on CPU.")
@@ -155,7 +156,7 @@ def embed_fasta(model_dir: str, fasta_path: str | Sequence[str], out: str, pooli
   model = pretrained.load(model_dir, precision=precision, batch_size=batch_size,
                           bpe_file=bpe_file, context_length=context_length)
   print(f"embedding {len(lengths):,} records ({int(lengths.sum()):,} nt) of {' and '.join(paths)} with "
-        f"{model.cfg.exp_name} ({pooling} pooling, context {model.cfg.context_length}, "
+        f"the model in {model_dir} ({pooling} pooling, context {model.cfg.context_length}, "
         f"{model.cfg.precision}, {model.mesh.devices.size} device(s), {allocator.describe()})",
         flush=True)
   names: list[str] = []

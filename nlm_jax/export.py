@@ -86,6 +86,11 @@ def export(model_dir: str, out_dir: str, overwrite: bool = False) -> str:
   tensors = layout.to_tensors(cfg, params)
   with outputs.writing(out_dir, check, "OUT_DIR", True, (OSError, SafetensorError)) as tmp:
     _write(cfg, tensors, tmp)
+  if cfg.attend_partial_window:
+    print(f"note: {model_dir!r} attends to a sequence's last window also when it holds fewer "
+          f"than {cfg.kernel_size} nucleotides (attend_partial_window); lncRNA-Py attends to "
+          "whole windows only, so there its outputs for other lengths differ a little from "
+          "nlm_jax's, which keeps the model's rule.")
   return out_dir
 
 

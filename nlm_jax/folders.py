@@ -192,6 +192,7 @@ def config_from_json(stored: dict[str, Any], where: str, remedy: str) -> Config:
   """The Config that nlm_jax's config.json (or an export's nlm_jax.json) `stored` holds,
   once every entry a model needs is there and each entry is of its schema."""
   check_entries(stored, CONFIG_SCHEMA, ("encoding_method",), where, remedy)
+  stored = config_lib.with_rules_of_its_time(stored)
   encoding, task = stored["encoding_method"], stored.get("task", "mlm")
   check_entries(stored, CONFIG_SCHEMA,
                 NEEDED["all"] + NEEDED[encoding] + (NEEDED["cls"] if task == "cls" else ()),
@@ -409,7 +410,7 @@ def read(path: str, bpe_file: str = "", context_length: int | None = None
 
 ARCHITECTURE = ("encoding_method", "d_model", "N", "d_ff", "h", "n_kernels", "kernel_size", "k",
                 "bpe_file", "input_linear", "no_input_relu", "no_output_linear", "output_relu",
-                "encoder_dropout")
+                "encoder_dropout", "attend_partial_window")
 
 
 def _shapes_it(cfg: Config) -> list[str]:
@@ -417,7 +418,7 @@ def _shapes_it(cfg: Config) -> list[str]:
   common = ["encoding_method", "d_model", "N", "d_ff", "h"]
   if cfg.encoding_method == "conv":
     return common + ["n_kernels", "kernel_size", "input_linear", "no_input_relu",
-                     "no_output_linear", "output_relu"]
+                     "no_output_linear", "output_relu", "attend_partial_window"]
   return common + {"kmer": ["k"], "bpe": ["bpe_file"]}.get(cfg.encoding_method, [])
 
 

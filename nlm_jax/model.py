@@ -71,18 +71,21 @@ def compute_dtype(cfg: Config) -> jnp.dtype:
   return jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32
 
 
-def segment_mask(segments_BxL: jax.Array) -> jax.Array:
+def segment_mask(segments_BxL: jax.Array, keys_BxL: jax.Array | None = None) -> jax.Array:
   """(B, 1, L, L): query q may attend key k where both belong to the same sequence of a
-  packed row (segment ids > 0; padding, 0, attends nothing and is attended by nothing)."""
+  packed row (segment ids > 0; padding, 0, attends nothing and is attended by nothing)
+  and k is a key (keys_BxL; None: every position of a sequence)."""
   same_BxLxL = segments_BxL[:, :, None] == segments_BxL[:, None, :]
-  return (same_BxLxL & (segments_BxL[:, None, :] > 0))[:, None]
+  key_BxL = segments_BxL > 0 if keys_BxL is None else (segments_BxL > 0) & keys_BxL
+  return (same_BxLxL & key_BxL[:, None, :])[:, None]
 
 
 def attention(q_BxLxHxE: jax.Array, k_BxLxHxE: jax.Array, v_BxLxHxE: jax.Array,
               lengths_B: jax.Array | None, implementation: str,
-              segments_BxL: jax.Array | None = None) -> jax.Array:
+              segments_BxL: jax.Array | None = None,
+              keys_BxL: jax.Array | None = None) -> jax.Array:
   """Softmax attention over the first lengths_B keys of each row (padding is at the end),
-  or, for packed rows (segments_BxL), over the keys of the query's own sequence.
+  or, for packed rows (segments_BxL), over the keys (keys_BxL) of the query's own sequence.
 
   "reference" is the plain formula; "xla" is jax.nn.dot_product_attention's XLA path (it
   materialises the B x H x L x L logits); "cudnn" is cuDNN's fused kernel (flash
@@ -90,7 +93,7 @@ def attention(q_BxLxHxE: jax.Array, k_BxLxHxE: jax.Array, v_BxLxHxE: jax.Array,
   one log line where it does not apply (no GPU, float32, head width); "auto" is "cudnn"
   on GPUs, XLA elsewhere. Logits and softmax are float32 in every path.
   """
-  mask = None if segments_BxL is None else segment_mask(segments_BxL)
+  mask = None if segments_BxL is None else segment_mask(segments_BxL, keys_BxL)
   if implementation == "reference":
     scale = 1 / math.sqrt(q_BxLxHxE.shape[-1])
     logits_BxHxLxL = jnp.einsum("bqhe,bkhe->bhqk", q_BxLxHxE, k_BxLxHxE,
@@ -148,9 +151,11 @@ def sinusoidal(length: int, d: int) -> np.ndarray:
 class Packed:
   """What packed rows add to the inputs (sampler.TrainSampler with cfg.packing), per
   position (B, L): the sequence it belongs to (1, 2, ...; 0 for padding) and its place in
-  that sequence (0 at the sequence's CLS)."""
+  that sequence (0 at the sequence's CLS); and, once the stem has seen the inputs, the
+  positions that are keys of attention (None: all of a sequence's)."""
   segments: jax.Array
   positions: jax.Array
+  keys: jax.Array | None = None
 
   @classmethod
   def of(cls, batch: dict[str, jax.Array]) -> "Packed | None":
@@ -166,7 +171,8 @@ class EncoderBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxLxD: jax.Array, lengths_B: jax.Array | None,
-               segments_BxL: jax.Array | None = None) -> tuple[jax.Array, None]:
+               segments_BxL: jax.Array | None = None,
+               keys_BxL: jax.Array | None = None) -> tuple[jax.Array, None]:
     cfg = self.cfg
     d, h, dtype = cfg.d_model, cfg.n_heads, compute_dtype(cfg)
     drop = Dropout(cfg.encoder_dropout, deterministic=not self.train)
@@ -175,7 +181,7 @@ class EncoderBlock(nn.Module):
                for n in "qkv")
     # The padding mask concerns keys only. No dropout on attention probabilities (the
     # original has 0.1 there): fused attention kernels have none.
-    y_BxLxHxE = attention(q, k, v, lengths_B, cfg.attention, segments_BxL)
+    y_BxLxHxE = attention(q, k, v, lengths_B, cfg.attention, segments_BxL, keys_BxL)
     y = torch_dense(d, d, dtype, name="o")(y_BxLxHxE.reshape(y.shape))
     x_BxLxD = x_BxLxD + drop(y).astype(jnp.float32)
     y = nn.LayerNorm(epsilon=1e-5, dtype=dtype)(x_BxLxD)
@@ -215,9 +221,9 @@ class Encoder(nn.Module):
     if cfg.remat != "none":
       block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
     blocks = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                     in_axes=(nn.broadcast, nn.broadcast), length=cfg.N)
-    segments_BxL = None if packed is None else packed.segments
-    x_BxLxD, _ = blocks(cfg, train, name="blocks")(x_BxLxD, lengths_B, segments_BxL)
+                     in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.N)
+    segments_BxL, keys_BxL = (None, None) if packed is None else (packed.segments, packed.keys)
+    x_BxLxD, _ = blocks(cfg, train, name="blocks")(x_BxLxD, lengths_B, segments_BxL, keys_BxL)
     return nn.LayerNorm(epsilon=1e-5, dtype=compute_dtype(cfg), name="final_norm")(x_BxLxD)
 
 
@@ -297,10 +303,28 @@ class ConvStem(nn.Module):
     x_BxLxD = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, d)), x_BxL1xD], axis=1)
     if packed is not None:
       x_BxLxD = jnp.where((packed.positions == 0)[..., None], cls, x_BxLxD)
-    # CLS and every window holding a nucleotide attend; a partial last window too
-    # (the original masks it, so sequences shorter than a kernel saw only CLS).
-    n_real_B = jnp.sum(codes_BxN != PAD_CODE, axis=1)
-    return x_BxLxD, 1 + jnp.minimum(-(-n_real_B // ks), n_pos)
+    return x_BxLxD, 1 + jnp.minimum(key_windows(codes_BxN, cfg), n_pos)
+
+  def keys(self, codes_BxN: jax.Array, packed: Packed) -> Packed:
+    """`packed` with the keys of its rows: each sequence's CLS and its windows (whole
+    ones only, unless cfg.attend_partial_window), as key_windows for one sequence a row."""
+    ks = self.cfg.kernel_size
+    n_pos = codes_BxN.shape[1] // ks
+    real_BxL1xK = (codes_BxN[:, :n_pos * ks] != PAD_CODE).reshape(-1, n_pos, ks)
+    window_BxL1 = real_BxL1xK.any(-1) if self.cfg.attend_partial_window else real_BxL1xK.all(-1)
+    window_BxL = jnp.pad(window_BxL1, ((0, 0), (1, 0)))
+    return packed.replace(keys=window_BxL | (packed.positions == 0))
+
+
+def key_windows(codes_BxN: jax.Array, cfg: Config) -> jax.Array:
+  """(B,) windows of each row that attention sees besides CLS: lncRNA-Py's rule,
+  int(count_nonzero(nucleotides) / kernel_size) (CSEBERT.forward), so a last window that
+  holds fewer than kernel_size nucleotides is no key (and a sequence shorter than a
+  kernel sees only CLS); with cfg.attend_partial_window (nlm_jax before 2026-12) it is.
+  N and masked nucleotides count, padding does not."""
+  n_real_B = jnp.sum(codes_BxN != PAD_CODE, axis=1)
+  ks = cfg.kernel_size
+  return -(-n_real_B // ks) if cfg.attend_partial_window else n_real_B // ks
 
 
 class ConvHead(nn.Module):
@@ -341,6 +365,8 @@ class ConvBERT(nn.Module):
             ) -> tuple[jax.Array, jax.Array]:
     """Encoder output (B, L, D) and the attended length of each row (B,)."""
     x_BxLxD, lengths_B = self.stem(codes_BxN, packed)
+    if packed is not None:
+      packed = self.stem.keys(codes_BxN, packed)
     return self.encoder(x_BxLxD, lengths_B, train, packed), lengths_B
 
   def __call__(self, codes_BxN: jax.Array, train: bool = False,
@@ -379,8 +405,8 @@ class TokenBERT(nn.Module):
 def real_positions(inputs: jax.Array, lengths_B: jax.Array, n_positions: int,
                    is_token: bool) -> jax.Array:
   """(B, L) True at the encoder positions that stand for nucleotides: for conv the
-  windows that hold one (a partial last window included), for tokens the sequence's
-  tokens; never CLS, SEP or padding."""
+  windows that attention sees (key_windows: as lncRNA-Py's mean pooling), for tokens the
+  sequence's tokens; never CLS, SEP or padding."""
   if is_token:
     return (inputs != PAD_ID) & (inputs != CLS_ID) & (inputs != SEP_ID)
   pos_1xL = jnp.arange(n_positions)[None]

@@ -14,12 +14,15 @@ in front of each window, SEP after the last one when there is room). Each window
 encoded on its own; pooling then runs over the real positions of all windows: "mean" and
 "max" as if the sequence were one row, "cls" the mean of the windows' CLS outputs
 weighted by their real positions. `long_sequences="truncate"` keeps the first window
-only (what pre-training's evaluation sees).
+only (what pre-training's evaluation sees); "lncrnapy" does as lncRNA-Py's classify and
+embeddings scripts: conv keeps the last window (its 4D-DNA encoding takes a long sequence's
+3' end), tokens the first (its tokenizers cut the 3' end).
 
-Real positions: for conv, the windows of kernel_size nucleotides that hold a nucleotide
-(a partial last window included; CLS excluded); for tokens, the sequence's tokens (CLS,
-SEP and PAD excluded). A sequence without any (a k-mer model given fewer than k
-nucleotides) pools its CLS output.
+Real positions: for conv, the windows of kernel_size nucleotides that attention sees
+(model.key_windows: whole windows, as lncRNA-Py; a partial last window too for models
+trained with attend_partial_window; CLS excluded); for tokens, the sequence's tokens (CLS,
+SEP and PAD excluded). A sequence without any (shorter than a kernel, or a k-mer model
+given fewer than k nucleotides) pools its CLS output.
 
 Rows are grouped into buckets of 16, 32, 64, ... positions (the context at most), so
 short sequences cost little; each bucket compiles once. Batches are sharded over the
@@ -49,7 +52,7 @@ from nlm_jax.config import Config, UserError
 
 MASK_CHAR = "?"  # a masked nucleotide in the input of predict_masked
 POOLINGS = ("mean", "max", "cls")
-LONG_SEQUENCES = ("windows", "truncate")
+LONG_SEQUENCES = ("windows", "truncate", "lncrnapy")
 MIN_BUCKET = 16  # positions of the smallest bucket
 
 
@@ -79,10 +82,11 @@ def load(path: str, precision: str = "auto", devices: list[jax.Device] | None = 
     raise UserError(f"context_length must be a whole number of at least 2 (CLS plus one "
                     f"position) or None, got {context_length!r}.")
   _check_options(precision, devices, batch_size)
-  path = hub.resolve(os.fspath(path))
+  name = os.fspath(path)
+  path = hub.resolve(name)
   cli.start_jax()
   cfg, params = folders.read(path, os.fspath(bpe_file), context_length)
-  return Model(cfg, params, precision, devices, batch_size)
+  return Model(cfg, params, precision, devices, batch_size, name=name)
 
 
 def _iterate(sequences: Iterable[str]) -> Iterator[str]:
@@ -114,10 +118,10 @@ class Model:
   """A pre-trained nucleotide BERT. `module` (a Flax Linen module) and `params` are what
   fine-tuning code builds on: `module.apply({"params": params}, inputs, method="embed")`
   gives the encoder output (B, L, D) and the attended length of each row; `encode` makes
-  `inputs` from sequences."""
+  `inputs` from sequences; `name`: the folder it came from (messages name it)."""
 
   def __init__(self, cfg: Config, params: Any, precision: str = "auto",
-               devices: list[jax.Device] | None = None, batch_size: int = 64):
+               devices: list[jax.Device] | None = None, batch_size: int = 64, name: str = ""):
     _check_options(precision, devices, batch_size)
     devices = list(devices or jax.local_devices())
     platform = devices[0].platform
@@ -133,6 +137,7 @@ class Model:
     self.params = jax.device_put(params, NamedSharding(self.mesh, P()))
     self.tokenizer = encodings.tokenizer(self.cfg) if self.cfg.is_token else None
     self._fns: dict[str, Callable] = {}
+    self.name = name or cfg.exp_name
 
   @property
   def d_model(self) -> int:
@@ -140,13 +145,16 @@ class Model:
 
   # ---- inputs ----
 
-  def _windows(self, seq: str | np.ndarray, truncate: bool) -> list[np.ndarray]:
+  def _windows(self, seq: str | np.ndarray, long_sequences: str) -> list[np.ndarray]:
     """One sequence (letters, or codes / token ids made earlier) as unpadded model-input
-    rows, one per window."""
+    rows: one per window, or one window (LONG_SEQUENCES)."""
     cfg = self.cfg
+    truncate = long_sequences != "windows"
     if not cfg.is_token:
       codes = fasta_lib.encode(seq) if isinstance(seq, str) else seq
       w = cfg.n_nucleotides
+      if long_sequences == "lncrnapy":
+        return [codes[-w:] if len(codes) > w else codes]
       rows = [codes[i:i + w] for i in range(0, len(codes), w)] or [codes]
       return rows[:1] if truncate else rows
     ids = self.tokenizer.spans(fasta_lib.encode(seq))[0] if isinstance(seq, str) else seq
@@ -182,7 +190,7 @@ class Model:
     (B, context_length) otherwise; as pre-training's evaluation makes them."""
     seqs = [sequences] if isinstance(sequences, str) else list(sequences)
     width = self.cfg.context_length if self.cfg.is_token else self.cfg.n_nucleotides
-    return self._pad([self._windows(s, truncate=True)[0] for s in seqs], width)
+    return self._pad([self._windows(s, "truncate")[0] for s in seqs], width)
 
   # ---- device steps ----
 
@@ -238,13 +246,14 @@ class Model:
     if pooling not in POOLINGS:
       raise UserError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}.")
     for seqs, first in self._chunks(sequences, long_sequences, chunk):
-      yield self._embed_chunk(seqs, pooling, long_sequences == "truncate", first)
+      yield self._embed_chunk(seqs, pooling, long_sequences, first)
 
-  def _embed_chunk(self, seqs: list[str], pooling: str, truncate: bool, first: int) -> np.ndarray:
+  def _embed_chunk(self, seqs: list[str], pooling: str, long_sequences: str, first: int
+                   ) -> np.ndarray:
     rows, owner = [], []
     for i, s in enumerate(seqs):
       fasta_lib.check_letters(s, f"sequence {first + i + 1}")
-      windows = self._windows(s, truncate)
+      windows = self._windows(s, long_sequences)
       rows += windows
       owner += [i] * len(windows)
     owner = np.array(owner)
@@ -273,7 +282,8 @@ class Model:
     """P(pcRNA) of each sequence, float32 (sequences,), from a fine-tuned classifier
     (nlm_jax.finetune). A sequence longer than the context is classified over all its
     windows: their logits are averaged, weighted by their real positions, before the
-    sigmoid; long_sequences="truncate" keeps the first window."""
+    sigmoid; long_sequences="truncate" keeps the first window, "lncrnapy" the window
+    lncRNA-Py classifies (conv: the 3' end; see the module docstring)."""
     seqs = [sequences] if isinstance(sequences, str) else sequences
     chunks = list(self.classify_stream(seqs, long_sequences))
     return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
@@ -283,10 +293,10 @@ class Model:
     """`classify` for any number of sequences: yields the probabilities of consecutive
     chunks of sequences, in order."""
     if not self.cfg.is_classifier:
-      raise UserError(f"{self.cfg.exp_name} is a pre-trained (masked language) model, not a "
+      raise UserError(f"{self.name} is a pre-trained (masked language) model, not a "
                       "classifier: fine-tune it first with python -m nlm_jax.finetune.")
     for seqs, first in self._chunks(sequences, long_sequences, chunk):
-      yield self._classify_chunk(seqs, long_sequences == "truncate", first)
+      yield self._classify_chunk(seqs, long_sequences, first)
 
   def _chunks(self, sequences: Iterable[str], long_sequences: str, chunk: int | None
               ) -> Iterator[tuple[list[str], int]]:
@@ -308,11 +318,11 @@ class Model:
     real_BxL = model_lib.real_positions(inputs, lengths_B, y_BxLxD.shape[1], self.cfg.is_token)
     return {"logit": logits_B, "count": real_BxL.sum(1).astype(jnp.float32)}
 
-  def _classify_chunk(self, seqs: list[str], truncate: bool, first: int) -> np.ndarray:
+  def _classify_chunk(self, seqs: list[str], long_sequences: str, first: int) -> np.ndarray:
     rows, owner = [], []
     for i, s in enumerate(seqs):
       fasta_lib.check_letters(s, f"sequence {first + i + 1}")
-      windows = self._windows(s, truncate)
+      windows = self._windows(s, long_sequences)
       rows += windows
       owner += [i] * len(windows)
     logit = np.zeros(len(rows), np.float64)
@@ -328,7 +338,7 @@ class Model:
 
   def _check_mlm(self) -> None:
     if self.cfg.is_classifier:
-      raise UserError(f"{self.cfg.exp_name} is a fine-tuned classifier: it has no masked-language "
+      raise UserError(f"{self.name} is a fine-tuned classifier: it has no masked-language "
                       "head. Use classify, or the pre-trained model it came from.")
 
   def logits(self, inputs: np.ndarray) -> np.ndarray:
@@ -395,13 +405,13 @@ class Model:
         inside = (tok >= 0) & (masked < ends[np.maximum(tok, 0)])
         ids = ids.copy()
         ids[tok[inside]] = encodings.MASK
-        windows = self._windows(ids, truncate=False)
+        windows = self._windows(ids, "windows")
         per_row = self.cfg.context_length - 1
         row = np.where(inside, first_row + tok // per_row, -1)
         pos = 1 + tok % per_row
         offset = masked - starts[np.maximum(tok, 0)]
       else:
-        windows = self._windows(fasta_lib.encode(seq.replace(MASK_CHAR, "N")), truncate=False)
+        windows = self._windows(fasta_lib.encode(seq.replace(MASK_CHAR, "N")), "windows")
         w = self.cfg.n_nucleotides
         row, pos, offset = first_row + masked // w, masked % w, np.zeros_like(masked)
       rows += windows

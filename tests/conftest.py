@@ -150,13 +150,15 @@ def shared_path(*parts):
   return path
 
 
-def numpy_logits(t, c, x):
+def numpy_logits(t, c, x, attend_partial_window=False):
   """MLM logits in NumPy from lncRNA-Py's tensors `t` and constructor arguments `c` (what
   nlm_jax.export writes), written from the formulas of original-behaviour.md 7.1-7.3:
-  the reference that the model and the train step are checked against."""
+  the reference that the model and the train step are checked against. Conv keys are
+  CLS and int(count_nonzero(src.sum(axis=1)) / kernel_size) windows (CSEBERT.forward),
+  or every window holding a nucleotide with `attend_partial_window`."""
   import math
 
-  from nlm_jax import encodings, fasta as fasta_lib, model as model_lib
+  from nlm_jax import encodings, model as model_lib
 
   a = c["base_arch_config"]
   d, h = a["d_model"], a["h"]
@@ -185,7 +187,8 @@ def numpy_logits(t, c, x):
     if a["input_linear"]:
       v = lin(v, stem + "linear")
     v = np.concatenate([np.broadcast_to(t[stem + "cls_token"], (b, 1, d)), v], axis=1)
-    keys = 1 + np.ceil((x != fasta_lib.PAD).sum(1) / ks).astype(int)
+    nonzero = (model_lib.ONE_HOT[x].sum(-1) != 0).sum(1)  # 4D-DNA columns that are not 0
+    keys = 1 + (-(-nonzero // ks) if attend_partial_window else nonzero // ks)
     pe = t["base_arch.positional_encoder.pe"][0]
   n = v.shape[1]
   v = v * math.sqrt(d) + pe[:n]

@@ -147,7 +147,7 @@ def test_pretrained_model_brings_its_architecture(pretrained_folder):
   cfg = parse(*FILES, f"--pretrained_model={pretrained_folder}", "--freeze_network")
   assert (cfg.d_model, cfg.n_kernels, cfg.N, cfg.ff_dim, cfg.kernel_size) == (64, 32, 2, 256, 9)
   assert cfg.use_input_linear and cfg.pooling == "mean"
-  assert cfg.exp_name == ("CLS_conv_finetuned_nm32_sm9_dm64_N2_h4_bs8_lr1e-05_wd0_cl768_d0"
+  assert cfg.exp_name == ("CLS_conv_finetuned_nm32_sm9_dm64_N2_dff256_h4_bs8_lr1e-05_wd0_cl768_d0"
                           "--freeze_network")
   # The context is the flag's, as in lncRNA-Py (the positions are sinusoidal).
   assert parse(*FILES, f"--pretrained_model={pretrained_folder}", "--context_length=16").context_length == 16
@@ -190,9 +190,9 @@ def test_a_classifier_is_no_pretrained_model(tmp_path):
 
 @pytest.mark.parametrize("flagfile, pretrain_flagfile, name", [
     ("finetune_conv.flags", "conv.flags",
-     "CLS_FT_conv_finetuned_nm768_sm9_dm768_N12_bs8_lr1e-05_wd0_cl768_d0"),
+     "CLS_FT_conv_finetuned_nm768_sm9_dm768_N12_dff3072_h12_bs8_lr1e-05_wd0_cl768_d0"),
     ("finetune_kmer.flags", "kmer.flags",
-     "CLS_FT_kmer_finetuned_k3_dm768_N12_bs8_lr1e-05_wd0_cl768_d0"),
+     "CLS_FT_kmer_finetuned_k3_dm768_N12_dff3072_h12_bs8_lr1e-05_wd0_cl768_d0"),
 ])
 def test_published_recipes_fine_tune_the_pretrained_launch_models(tmp_path, flagfile,
                                                                   pretrain_flagfile, name):
@@ -297,7 +297,7 @@ def test_a_lncrnapy_pretrained_folder_fine_tunes_from_its_weights(runs, tmp_path
   folder = lncrnapy_folder(tmp_path / "lncRNA-BERT", pre.cfg, pre.params)
   cfg = parse(*files, f"--pretrained_model={folder}", "--context_length=32", "--batch_size=16")
   assert (cfg.encoding_method, cfg.d_model, cfg.N, cfg.kernel_size) == ("conv", 32, 1, 3)
-  assert cfg.exp_name.startswith("CLS_conv_finetuned_nm32_sm3_dm32_N1_h4_bs16_")
+  assert cfg.exp_name.startswith("CLS_conv_finetuned_nm32_sm3_dm32_N1_dff128_h4_bs16_")
   start = train.with_params_from(train.init_state(cfg, train.make_mesh(RUN_DEVICES), jax.random.key(0)),
                                  folder, cfg)
   for a, b in zip(jax.tree.leaves(jax.device_get(start.params["encoder"])),

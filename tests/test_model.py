@@ -76,18 +76,24 @@ def test_positional_encoding_values():
   np.testing.assert_allclose(pe[1, :4], [0.84147, 0.54030, 0.68156, 0.73176], atol=1e-5)
 
 
-def test_attention_mask_counts_windows_with_nucleotides():
-  """22 real nucleotides, ks 9: CLS and windows 1-3 attend. The original (15.3) leaves out
-  the partial third window; we keep it, so no nucleotide is invisible to attention."""
+def test_attention_mask_counts_whole_windows_as_lncrnapy():
+  """22 real nucleotides, ks 9: CLS and windows 1-2 attend, the partial third does not
+  (original 15.3, CSEBERT.forward: int(22 / 9)); with attend_partial_window it does."""
   cfg = Config("t", "v", d_model=16, n_kernels=16, N=1, h=2, kernel_size=9, context_length=8)
   codes = np.full((1, cfg.n_nucleotides), fasta_lib.PAD, np.uint8)
   codes[0, :22] = 1
   stem = model_lib.ConvStem(cfg)
   params = stem.init(jax.random.key(0), codes)
   _, lengths = stem.apply(params, codes)
-  assert int(lengths[0]) == 4  # CLS + 3 windows attend, positions 4..7 do not
+  assert int(lengths[0]) == 3  # CLS + 2 windows attend, positions 3..7 do not
+  _, lengths = model_lib.ConvStem(dataclasses.replace(cfg, attend_partial_window=True)).apply(
+      params, codes)
+  assert int(lengths[0]) == 4
   codes[0, :] = fasta_lib.PAD
   _, lengths = stem.apply(params, codes)  # an empty row: CLS only, never a masked-out softmax
+  assert int(lengths[0]) == 1
+  codes[0, :5] = 4  # shorter than a kernel (N counts): CLS only, as lncRNA-Py
+  _, lengths = stem.apply(params, codes)
   assert int(lengths[0]) == 1
 
 

@@ -10,7 +10,6 @@ without JAX.
 import dataclasses
 import json
 import logging
-import math
 import os
 import re
 
@@ -64,7 +63,7 @@ def reference_rows(cfg, model, seqs):
     real = np.zeros((len(seqs), cfg.context_length), bool)
     for i, s in enumerate(seqs):
       inputs[i, :len(s)] = fasta_lib.encode(s)
-      real[i, 1:1 + math.ceil(len(s) / ks)] = True
+      real[i, 1:1 + len(s) // ks] = True  # the whole windows: lncRNA-Py's mean pooling
   y, _ = model.module.apply({"params": model.params}, inputs, method="embed")
   return np.asarray(y), real
 
@@ -80,8 +79,8 @@ def test_embeddings_are_the_encoder_output_pooled(encoding, bpe_file):
   seqs = [random_seqs(1, n, n, seed=n)[0] for n in lengths]
   y, real = reference_rows(cfg, model, seqs)
   for i in range(len(seqs)):
-    if not real[i].any():  # a 3-mer model given fewer than 3 nucleotides: CLS stands in
-      assert encoding == "kmer" and len(seqs[i]) < 3
+    if not real[i].any():  # fewer nucleotides than a 3-mer or a kernel of 3: CLS stands in
+      assert encoding in ("kmer", "conv") and len(seqs[i]) < 3
       real[i, 0] = True
   mean = np.stack([y[i][real[i]].mean(0) for i in range(len(seqs))])
   high = np.stack([y[i][real[i]].max(0) for i in range(len(seqs))])
@@ -115,7 +114,7 @@ def test_long_sequences_pool_over_all_windows(encoding):
   seq = random_seqs(1, 100, 100, seed=4)[0]
   window = 45  # conv: 15 positions x 3 nt; 3-mer: 15 tokens x 3 nt
   pieces = [seq[:45], seq[45:90], seq[90:]]
-  counts = np.array([15, 15, 4 if encoding == "conv" else 3], np.float64)[:, None]
+  counts = np.array([15, 15, 3], np.float64)[:, None]  # 10 nt: 3 whole windows or 3-mers
   assert model.cfg.n_nucleotides == window
   mean_w, max_w, cls_w = (model.embed(pieces, p) for p in ("mean", "max", "cls"))
   np.testing.assert_allclose(model.embed(seq, "mean")[0], (mean_w * counts).sum(0) / counts.sum(),
