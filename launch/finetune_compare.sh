@@ -6,8 +6,8 @@
 # Usage, from the repository root, after the demo's pre-training (the README's demo):
 #   bash launch/finetune_compare.sh [extra finetune flags, e.g. --epochs=10]
 # Hardware: any CPU.
-# Expect: about a minute (52 s for both on 2 shared CPU cores at commit 29e56a7); best
-#   F1 (macro)|valid 0.9800 from the pre-trained model, 0.9033 from scratch (10 epochs,
+# Expect: about half a minute (30 s for both on 2 shared CPU cores at commit 9839aed); best
+#   F1 (macro)|valid 0.9733 from the pre-trained model, 0.9033 from scratch (10 epochs,
 #   630 steps each).
 set -euo pipefail
 python="${PYTHON:-.venv/bin/python}"

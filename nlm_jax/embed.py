@@ -28,6 +28,7 @@ OUT.png, under the same rules as OUT), a colour per FASTA file.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import zipfile
 from typing import Iterator, Sequence
@@ -185,7 +186,7 @@ def embed_fasta(model_dir: str, fasta_path: str | Sequence[str], out: str, pooli
     file_N = np.repeat(np.arange(len(paths)), [len(c) for c in counts])
     with outputs.writing(plot_path(out), lambda: check_plot(out, overwrite)) as tmp:
       projection.draw(xy_Nx2, file_N, paths, plot, tmp,
-                      f"{model.cfg.exp_name}\n{pooling} embeddings, {plot}")
+                      f"{os.path.basename(os.path.normpath(model_dir))}\n{pooling} embeddings, {plot}")
   return len(lengths)
 
 
