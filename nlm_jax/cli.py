@@ -381,12 +381,14 @@ class Progress:
     self.start = time.perf_counter()
     self.tty = sys.stdout.isatty()
     self.next_line = 0.1
+    self.shown = -1  # records of the last line: a file gets each line once
 
   def update(self, nt: int, records: int) -> None:
     done = nt / max(self.total_nt, 1)
-    if not self.tty and done < self.next_line and records < self.total_records:
+    if not self.tty and (records == self.shown
+                         or (done < self.next_line and records < self.total_records)):
       return
-    self.next_line = done + 0.1
+    self.next_line, self.shown = done + 0.1, records
     elapsed = time.perf_counter() - self.start
     left = elapsed / done * (1 - done) if done > 0 else 0.0
     bar = "#" * int(30 * done) + "." * (30 - int(30 * done))
