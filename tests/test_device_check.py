@@ -47,8 +47,12 @@ def test_device_check_runs_every_step_at_tiny_sizes(tmp_path):
   assert epoch["steps"] == 50 and epoch["eval_rows"] == 8  # 400 samples, batch 8; CPU
   parts = [epoch[k] for k in ("train_s", "eval_s", "checkpoint_s", "report_s")]
   assert min(parts) >= 0 and epoch["train_s"] > 0
-  assert epoch["outside_steps_share"] == pytest.approx(1 - epoch["train_s"] / epoch["epoch_s"],
-                                                       abs=0.02)  # the log's rounding
+  # The log gives each part to 0.1 s (at tiny sizes, the steps take about that): the share
+  # lies within what those roundings allow, plus the log's own rounding of it.
+  train_s, epoch_s = epoch["train_s"], epoch["epoch_s"]
+  low = 1 - (train_s + 0.05) / max(epoch_s - 0.2, 1e-9) - 0.01
+  high = 1 - max(train_s - 0.05, 0) / (epoch_s + 0.2) + 0.01
+  assert low <= epoch["outside_steps_share"] <= high, epoch
   dropout = by_step["dropout"][0]
   assert set(dropout["step_s"]) == {"threefry2x32", "rbg", "unsafe_rbg", "no_dropout"}
   assert dropout["vs_threefry"]["threefry2x32"] == 1 and min(dropout["step_s"].values()) > 0
