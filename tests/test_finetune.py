@@ -526,11 +526,17 @@ def test_classify_refuses_non_finite_weights_and_ctrl_c_leaves_nothing(runs, tmp
                         prefix="nlm_jax.classify: error:")
   assert not (tmp_path / "out.csv").exists()
   # Ctrl-C while the rows are written: one line, status 130, no temporary file.
-  write_fasta(tmp_path / "many.fa", class_seqs(2000, False, 7))
+  write_fasta(tmp_path / "many.fa", class_seqs(10000, False, 7))  # minutes of work: never done first
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  proc = subprocess.Popen([sys.executable, "-m", "nlm_jax.classify", cls.checkpoint_path, "many.fa",
-                           "out.csv", "--batch_size=1"], cwd=tmp_path, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  # A shell without job control starts background jobs with Ctrl-C ignored and children
+  # inherit that (a CI script run with &): start classify as a terminal would.
+  before = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    proc = subprocess.Popen([sys.executable, "-m", "nlm_jax.classify", cls.checkpoint_path,
+                             "many.fa", "out.csv", "--batch_size=1"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  finally:
+    signal.signal(signal.SIGINT, before)
   deadline = time.monotonic() + 120
   while not any(".tmp-" in n for n in os.listdir(tmp_path)):
     assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
