@@ -126,6 +126,29 @@ def run_command(module, cwd, *args, timeout=300, env=None, fresh=False, limits=N
   return COMMANDS.run(module, args, cwd, full_env, timeout, limits)
 
 
+def signal_while_writing(module, cwd, sig, *args):
+  """Runs `python -m module args` in cwd, waits until its output's temporary file appears
+  and sends `sig`; returns (exit status, stderr). The command starts as from a terminal:
+  a shell without job control starts background jobs (a CI script run with &) with Ctrl-C
+  ignored, and children inherit that."""
+  import time
+
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  before = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  finally:
+    signal.signal(signal.SIGINT, before)
+  deadline = time.monotonic() + 120
+  while not any(".tmp-" in n for n in os.listdir(cwd)):
+    assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+    time.sleep(0.01)
+  proc.send_signal(sig)
+  _, err = proc.communicate(timeout=60)
+  return proc.returncode, err
+
+
 def write_fasta(path, seqs, prefix="seq", newline="\n", width=None):
   """Writes records `prefix_i`; `width` wraps sequence lines, `newline` ends every line."""
   with open(path, "w", newline="") as f:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import nlm_jax
-from conftest import random_seqs, write_fasta
+from conftest import random_seqs, signal_while_writing, write_fasta
 from nlm_jax import projection, train
 from nlm_jax.config import Config, UserError
 from test_bad_input import (assert_one_line_error, assert_same_as_fresh, assert_unchanged, fill,
@@ -528,22 +528,11 @@ def test_out_under_a_file_size_limit_is_one_line_and_leaves_nothing(model_dir, t
 
 def test_sigterm_while_writing_removes_the_temporary_file(model_dir, tmp_path):
   import signal
-  import subprocess
-  import sys
-  import time
 
   write_fasta(tmp_path / "in.fa", random_seqs(4000, 50, 100, seed=5))
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  proc = subprocess.Popen([sys.executable, "-m", "nlm_jax.embed", model_dir, "in.fa", "out.npz",
-                           "--batch_size=1"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-  deadline = time.monotonic() + 120
-  while not any(".tmp-" in n for n in os.listdir(tmp_path)):
-    assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-    time.sleep(0.01)
-  proc.send_signal(signal.SIGTERM)
-  out, err = proc.communicate(timeout=60)
-  assert proc.returncode == 143, err
+  code, err = signal_while_writing("nlm_jax.embed", tmp_path, signal.SIGTERM, model_dir, "in.fa",
+                                   "out.npz", "--batch_size=1")
+  assert code == 143, err
   assert err.strip().splitlines() == [
       "nlm_jax.embed: stopped by SIGTERM: its output was not written (nothing half-written is "
       "left); run the same command again."], err

@@ -14,7 +14,7 @@ import pytest
 from absl import flags
 
 import nlm_jax
-from conftest import write_fasta
+from conftest import signal_while_writing, write_fasta
 from nlm_jax import classify, command, config, fasta as fasta_lib, model as model_lib, sampler, tasks, train
 from nlm_jax.history import columns
 from nlm_jax.config import Config, UserError
@@ -508,9 +508,6 @@ def test_a_diverging_finetune_names_its_own_flags(runs, tmp_path):
 
 def test_classify_refuses_non_finite_weights_and_ctrl_c_leaves_nothing(runs, tmp_path):
   import signal
-  import subprocess
-  import sys
-  import time
 
   from safetensors.numpy import load_file, save_file
 
@@ -527,23 +524,9 @@ def test_classify_refuses_non_finite_weights_and_ctrl_c_leaves_nothing(runs, tmp
   assert not (tmp_path / "out.csv").exists()
   # Ctrl-C while the rows are written: one line, status 130, no temporary file.
   write_fasta(tmp_path / "many.fa", class_seqs(10000, False, 7))  # minutes of work: never done first
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  # A shell without job control starts background jobs with Ctrl-C ignored and children
-  # inherit that (a CI script run with &): start classify as a terminal would.
-  before = signal.signal(signal.SIGINT, signal.default_int_handler)
-  try:
-    proc = subprocess.Popen([sys.executable, "-m", "nlm_jax.classify", cls.checkpoint_path,
-                             "many.fa", "out.csv", "--batch_size=1"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  finally:
-    signal.signal(signal.SIGINT, before)
-  deadline = time.monotonic() + 120
-  while not any(".tmp-" in n for n in os.listdir(tmp_path)):
-    assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-    time.sleep(0.01)
-  proc.send_signal(signal.SIGINT)
-  _, err = proc.communicate(timeout=60)
-  assert proc.returncode == 130 and "Traceback" not in err, err
+  code, err = signal_while_writing("nlm_jax.classify", tmp_path, signal.SIGINT,
+                                   cls.checkpoint_path, "many.fa", "out.csv", "--batch_size=1")
+  assert code == 130 and "Traceback" not in err, err
   assert err.strip().splitlines() == [
       "nlm_jax.classify: interrupted (Ctrl-C): its output was not written (nothing half-written "
       "is left); run the same command again."], err
